@@ -1,0 +1,3 @@
+from openaifs.cli import main
+
+raise SystemExit(main())

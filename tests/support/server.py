@@ -1,0 +1,100 @@
+"""Start and stop a real ``openaifs serve`` process for tests, and talk to its admin routes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+STARTUP_TIMEOUT = 30.0
+
+
+class LocalServer:
+    """A running ``openaifs serve`` on 127.0.0.1; stopped by pid in ``stop()``."""
+
+    def __init__(self, data_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = list(args or [])
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.base_url = ""
+        self.root_url = ""
+        self.output: list[str] = []
+
+    def start(self) -> LocalServer:
+        cmd = [sys.executable, "-m", "openaifs", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--data", str(self.data_dir), *self.args]
+        env = dict(os.environ if self.env is None else self.env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stdout
+            for line in self.proc.stdout:
+                self.output.append(line)
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        while True:
+            try:
+                line = lines.get(timeout=STARTUP_TIMEOUT)
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError("openaifs serve did not print its URL in time:\n" + "".join(self.output))
+            if line is None:
+                self.stop()
+                raise RuntimeError("openaifs serve exited before listening:\n" + "".join(self.output))
+            if "http://127.0.0.1:" in line:
+                url = line[line.index("http://127.0.0.1:"):].split()[0]
+                self.base_url = url.rstrip("/")
+                self.root_url = self.base_url.removesuffix("/v1")
+                return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    # -- admin helpers ------------------------------------------------------------------------
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = httpx.request(method, f"{self.root_url}/_admin/{path}", timeout=30, **kwargs)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("GET", "stats")
+
+    def requests(self, route: str | None = None) -> int:
+        counts = self.stats()["requests"]
+        return sum(counts.values()) if route is None else counts.get(route, 0)
+
+    def reset_stats(self) -> None:
+        self.admin("POST", "stats/reset")
+
+    def set_faults(self, **faults: Any) -> None:
+        self.admin("PUT", "faults", json=faults)
+
+    def configure(self, **config: Any) -> None:
+        self.admin("PUT", "config", json=config)
+
+    def add_file(self, purpose: str, filename: str, content: bytes, created_at: int | None = None) -> dict:
+        params: dict[str, Any] = {"purpose": purpose, "filename": filename}
+        if created_at is not None:
+            params["created_at"] = created_at
+        return self.admin("POST", "files", params=params, content=content)
