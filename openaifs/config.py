@@ -114,6 +114,13 @@ def client_config_from_env(
     base_url = (env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"OPENAI_BASE_URL must start with http:// or https://, got {base_url!r}")
+    # Tuning knobs without flags (tests lower them to exercise the Uploads API with small files).
+    for name, attr in (("OPENAIFS_SINGLE_UPLOAD_LIMIT", "single_upload_limit"), ("OPENAIFS_PART_SIZE", "part_size")):
+        if env.get(name):
+            try:
+                overrides.setdefault(attr, int(env[name]))
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number of bytes, got {env[name]!r}") from None
     return ClientConfig(
         base_url=base_url,
         api_key=key,

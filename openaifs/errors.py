@@ -11,7 +11,8 @@
      │    ├── RateLimitError       429 (QuotaExceededError: insufficient_quota, never retried)
      │    └── ServerError          5xx
      ├── TransportError            no usable answer: connection refused/dropped, timeout, bad body
-     ├── IntegrityError            bytes received do not match what the server promised
+     │    └── IntegrityError       bytes received do not match what the server promised
+     ├── LocalFileError            a local file (to upload) could not be opened or read
      └── UploadError               an upload failed; carries where its bytes were preserved
 
 Every ``str()`` reads as one sentence a person can act on. No error ever holds the API key: the
@@ -159,6 +160,10 @@ class IntegrityError(TransportError):
     """The bytes received do not match the size the server promised (short or long body)."""
 
 
+class LocalFileError(OpenAIFSError):
+    """A local file the client was asked to upload could not be opened or read to its end."""
+
+
 class UploadError(OpenAIFSError):
     """An upload failed; ``cause`` says why and ``preserved_at`` where its bytes were kept."""
 
@@ -182,10 +187,22 @@ class ReadOnlyError(OpenAIFSError):
     """A write to an immutable (uploaded) file, or any write on a --read-only mount."""
 
 
+class ServerOnlyPurposeError(ReadOnlyError):
+    """A new file in a purpose the server fills itself (``batch_output`` …): the API takes no uploads."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        super().__init__(
+            f"files of purpose {purpose} are created by the server; nothing can be uploaded into {purpose}/"
+        )
+
+
 def errno_for(exc: BaseException) -> int:
     """The one table from openaifs errors to the errno a FUSE caller sees."""
     if isinstance(exc, UploadError):
         return errno_for(exc.cause)
+    if isinstance(exc, OSError) and exc.errno:  # local disk trouble (ENOSPC...) keeps its own errno
+        return exc.errno
     if isinstance(exc, DownloadForbiddenError):
         return errno.EACCES
     if isinstance(exc, NotFoundError):

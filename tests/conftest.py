@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mount import Mount
 from tests.support.server import LocalServer
 
 TEST_KEY = "sk-test-0123456789abcdefSECRET"
@@ -41,3 +42,33 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., LocalServer]]:
 def server(server_factory: Callable[..., LocalServer]) -> LocalServer:
     """A fresh local server with default (hosted-API-like) behaviour."""
     return server_factory()
+
+
+@pytest.fixture
+def fuse_available() -> None:
+    """Skip e2e tests where FUSE cannot work; under CI=true that is a failure, never a skip."""
+    import shutil
+
+    missing = [what for what, ok in (("/dev/fuse", os.path.exists("/dev/fuse")),
+                                     ("fusermount3", shutil.which("fusermount3") is not None)) if not ok]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"FUSE is not usable here (missing {', '.join(missing)}); CI must not skip e2e tests")
+        pytest.skip(f"FUSE is not usable here (missing {', '.join(missing)})")
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path, fuse_available: None) -> Iterator[Callable[..., Mount]]:
+    """Mount openaifs over a server; every mount is unmounted and its process stopped at teardown."""
+    mounts: list[Mount] = []
+
+    def start(server: LocalServer, *args: str, name: str = "mnt", cache_dir: Path | None = None,
+              **kwargs: object) -> Mount:
+        m = Mount(server, tmp_path / f"{name}{len(mounts)}", cache_dir or tmp_path / f"cache{len(mounts)}",
+                  list(args), **kwargs)  # type: ignore[arg-type]
+        mounts.append(m)
+        return m.start()
+
+    yield start
+    for m in mounts:
+        m.stop()

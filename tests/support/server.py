@@ -37,20 +37,24 @@ class LocalServer:
         )
         lines: queue.Queue[str | None] = queue.Queue()
 
+        proc = self.proc
+
         def pump() -> None:
-            assert self.proc and self.proc.stdout
-            for line in self.proc.stdout:
-                self.output.append(line)
-                lines.put(line)
+            assert proc.stdout is not None
+            with proc.stdout as out:
+                for line in out:
+                    self.output.append(line)
+                    lines.put(line)
             lines.put(None)
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         while True:
             try:
                 line = lines.get(timeout=STARTUP_TIMEOUT)
             except queue.Empty:
                 self.stop()
-                raise RuntimeError("openaifs serve did not print its URL in time:\n" + "".join(self.output))
+                raise RuntimeError("openaifs serve did not print its URL in time:\n" + "".join(self.output)) from None
             if line is None:
                 self.stop()
                 raise RuntimeError("openaifs serve exited before listening:\n" + "".join(self.output))
@@ -62,14 +66,18 @@ class LocalServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.join(timeout=10)
 
     # -- admin helpers ------------------------------------------------------------------------
     def admin(self, method: str, path: str, **kwargs: Any) -> Any:

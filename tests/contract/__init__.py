@@ -1,0 +1,1 @@
+"""Contract tests: real HTTP against the local server (and its parts), no kernel."""
