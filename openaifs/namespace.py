@@ -1,0 +1,410 @@
+"""The inode table and the directory tree, served from a TTL metadata cache.
+
+Owns: which inode is which file id (permanent for the life of the mount), the purpose
+directories, the ``.by-id/`` symlinks, the names in each directory (through
+:func:`openaifs.naming.assign_names`), lookup counts, and when the listing is refreshed.
+Never does: content I/O, uploads, or anything with pyfuse3 (fs.py adapts this to FUSE).
+
+Consistency model: one listing of every file (``GET /files``, paginated) fills every directory.
+It is fresh for ``metadata_ttl`` seconds. While fresh, a missing name is ENOENT without any
+request (file browsers probe many names that never exist). When stale, ``readdir`` and a lookup
+miss refresh it first (one refresh at a time; concurrent callers share it); a lookup hit never
+waits for the network. A refresh that fails leaves the stale tree in place and is logged.
+Changes made by this mount (uploads, deletes, renames) show at once: they are applied to the
+tree immediately, and a refresh that started before them cannot undo them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from openaifs.client import FileRecord
+from openaifs.config import KNOWN_PURPOSES
+from openaifs.errors import NotFoundError, OpenAIFSError
+from openaifs.naming import assign_names
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1  # fixed by FUSE
+BYID_NAME = ".by-id"
+# Blocks reported in st_blksize: large enough that cp and friends read in big pieces (DESIGN §1).
+BLOCK_SIZE = 128 * 1024
+
+
+class Kind(enum.Enum):
+    ROOT = "root"
+    PURPOSE = "purpose"
+    BYID = "by-id"
+    FILE = "file"
+    LINK = "link"
+
+
+@dataclass(slots=True)
+class Node:
+    inode: int
+    kind: Kind
+    purpose: str | None = None
+    name: str = ""  # current entry name in its directory ("" once removed)
+    record: FileRecord | None = None  # set for uploaded files and their .by-id links
+    pending: Any = None  # an uploads.PendingFile while the file is being written
+    nlookup: int = 0
+    removed: bool = False
+
+    @property
+    def file_id(self) -> str | None:
+        return self.record.id if self.record else None
+
+
+@dataclass(slots=True)
+class Attr:
+    """What getattr answers; fs.py converts it to pyfuse3.EntryAttributes."""
+
+    inode: int
+    mode: int
+    size: int
+    mtime_ns: int
+    nlink: int
+    uid: int
+    gid: int
+    blksize: int = BLOCK_SIZE
+
+    @property
+    def blocks(self) -> int:
+        return math.ceil(self.size / 512)
+
+
+@dataclass(slots=True)
+class _Dir:
+    node: Node
+    names: dict[str, int] = field(default_factory=dict)  # entry name -> inode
+    version: int = 0  # bumped at every change; readdir snapshots are taken per version
+
+
+Lister = Callable[[], Awaitable[list[FileRecord]]]
+Invalidator = Callable[[int, str, int], None]  # (parent inode, name, deleted inode or 0)
+
+
+class Namespace:
+    def __init__(
+        self,
+        lister: Lister,
+        *,
+        ttl: float,
+        uid: int | None = None,
+        gid: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        invalidate: Invalidator | None = None,
+    ) -> None:
+        self._lister = lister
+        self.ttl = ttl
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self._clock = clock
+        self._invalidate = invalidate or (lambda parent, name, deleted: None)
+        self._nodes: dict[int, Node] = {}
+        self._next_inode = ROOT_INODE
+        self._file_inode: dict[str, int] = {}  # file id -> inode, permanent
+        self._link_inode: dict[str, int] = {}  # file id -> .by-id symlink inode, permanent
+        self._records: dict[str, FileRecord] = {}
+        self._dirs: dict[int, _Dir] = {}
+        self._purpose_inode: dict[str, int] = {}
+        self._listed_at: float | None = None
+        self._refreshing: trio.Event | None = None
+        self._tombstones: set[str] = set()  # ids this mount deleted; a listing may still show them
+        self._local_since: dict[str, float] = {}  # ids this mount added, and when
+        self.mount_time_ns = time.time_ns()
+        root = self._new_node(Kind.ROOT)
+        self._dirs[root.inode] = _Dir(root)
+        byid = self._new_node(Kind.BYID, name=BYID_NAME)
+        self._dirs[byid.inode] = _Dir(byid)
+        self._dirs[ROOT_INODE].names[BYID_NAME] = byid.inode
+        self.byid_inode = byid.inode
+        for purpose in KNOWN_PURPOSES:
+            self._purpose_dir(purpose)
+
+    # -- inodes ---------------------------------------------------------------------------------
+    def _new_node(self, kind: Kind, **fields: Any) -> Node:
+        node = Node(self._next_inode, kind, **fields)
+        self._next_inode += 1
+        self._nodes[node.inode] = node
+        return node
+
+    def _purpose_dir(self, purpose: str) -> _Dir:
+        inode = self._purpose_inode.get(purpose)
+        if inode is None:
+            node = self._new_node(Kind.PURPOSE, purpose=purpose, name=purpose)
+            self._dirs[node.inode] = _Dir(node)
+            self._purpose_inode[purpose] = node.inode
+            root = self._dirs[ROOT_INODE]
+            root.names[purpose] = node.inode
+            root.version += 1
+            inode = node.inode
+        return self._dirs[inode]
+
+    def node(self, inode: int) -> Node:
+        try:
+            return self._nodes[inode]
+        except KeyError:
+            raise NotFoundError(404, f"no inode {inode}", operation="lookup") from None
+
+    def is_dir(self, inode: int) -> bool:
+        return inode in self._dirs
+
+    def purpose_of_dir(self, inode: int) -> str | None:
+        node = self._nodes.get(inode)
+        return node.purpose if node and node.kind is Kind.PURPOSE else None
+
+    # -- freshness ------------------------------------------------------------------------------
+    def is_fresh(self) -> bool:
+        return self._listed_at is not None and self._clock() - self._listed_at < self.ttl
+
+    async def refresh(self) -> None:
+        """Fetch one listing and apply it; concurrent callers share one request."""
+        if self._refreshing is not None:
+            await self._refreshing.wait()
+            return
+        done = self._refreshing = trio.Event()
+        started = self._clock()
+        try:
+            records = await self._lister()
+            self.apply_listing(records, started)
+        finally:
+            self._refreshing = None
+            done.set()
+
+    async def ensure_fresh(self) -> None:
+        """Refresh when stale; on failure keep serving the stale tree (logged), never raise."""
+        if self.is_fresh():
+            return
+        try:
+            await self.refresh()
+        except OpenAIFSError as exc:
+            if self._listed_at is None:
+                raise
+            log.warning("listing failed, serving the cached listing: %s", exc)
+
+    def apply_listing(self, records: Iterable[FileRecord], started: float) -> None:
+        """Replace the tree by a listing taken at ``started``, keeping this mount's own newer changes."""
+        listed = {r.id: r for r in records}
+        # A tombstone lasts until the server stops listing the id (deletes may show late).
+        self._tombstones &= listed.keys()
+        fresh = {fid: r for fid, r in listed.items() if fid not in self._tombstones}
+        for fid, since in self._local_since.items():
+            if fid not in fresh and since >= started and fid in self._records:
+                fresh[fid] = self._records[fid]  # uploaded by us after the listing began
+        self._local_since = {k: v for k, v in self._local_since.items() if v >= started}
+        for fid in self._records.keys() - fresh.keys():
+            inode = self._file_inode.get(fid)
+            if inode is not None:
+                self._mark_removed(self._nodes[inode])
+        changed = {r.purpose for r in self._records.values()} | {r.purpose for r in fresh.values()}
+        self._records = fresh
+        self._rebuild(changed)
+        self._listed_at = started
+
+    # -- names ----------------------------------------------------------------------------------
+    def _rebuild(self, purposes: Iterable[str]) -> None:
+        """Recompute the names of the given purpose directories and the .by-id links."""
+        purposes = set(purposes)
+        by_purpose: dict[str, list[FileRecord]] = {p: [] for p in purposes}
+        for r in self._records.values():
+            if r.purpose in by_purpose and not self._is_open_for_writing(r.id):
+                by_purpose[r.purpose].append(r)
+        for purpose, recs in by_purpose.items():
+            self._rebuild_dir(self._purpose_dir(purpose), recs)
+        self._rebuild_byid()
+
+    def _is_open_for_writing(self, file_id: str) -> bool:
+        inode = self._file_inode.get(file_id)
+        return inode is not None and self._nodes[inode].pending is not None
+
+    def _rebuild_dir(self, d: _Dir, recs: list[FileRecord]) -> None:
+        # Files open for writing keep the entry their writer made, whatever their record says.
+        pending = {name: ino for name, ino in d.names.items() if self._nodes[ino].pending is not None}
+        names = assign_names(recs, reserved=pending)
+        new: dict[str, int] = dict(pending)
+        for r in recs:
+            node = self._file_node(r)
+            node.record, node.purpose, node.name, node.removed = r, r.purpose, names[r.id], False
+            new[node.name] = node.inode
+        if new != d.names:
+            for name, ino in d.names.items():
+                if new.get(name) != ino:
+                    self._invalidate(d.node.inode, name, 0)
+            d.names = new
+            d.version += 1
+
+    def _rebuild_byid(self) -> None:
+        d = self._dirs[self.byid_inode]
+        for fid in d.names.keys() - self._records.keys():
+            self._nodes[d.names.pop(fid)].removed = True
+            self._invalidate(d.node.inode, fid, 0)
+            d.version += 1
+        for fid, r in self._records.items():
+            inode = self._link_inode.get(fid)
+            if inode is None:
+                inode = self._new_node(Kind.LINK, name=fid).inode
+                self._link_inode[fid] = inode
+            link = self._nodes[inode]
+            link.record, link.purpose, link.removed = r, r.purpose, False
+            if d.names.get(fid) != inode:
+                d.names[fid] = inode
+                d.version += 1
+
+    def _file_node(self, r: FileRecord) -> Node:
+        inode = self._file_inode.get(r.id)
+        if inode is None:
+            inode = self._new_node(Kind.FILE, purpose=r.purpose, record=r).inode
+            self._file_inode[r.id] = inode
+        return self._nodes[inode]
+
+    def _mark_removed(self, node: Node) -> None:
+        parent = self._purpose_inode.get(node.purpose or "")
+        if parent is not None and node.name and self._dirs[parent].names.get(node.name) == node.inode:
+            self._invalidate(parent, node.name, node.inode)
+        node.removed = True
+        link = self._link_inode.get(node.file_id or "")
+        if link is not None:
+            self._nodes[link].removed = True
+
+    # -- lookups --------------------------------------------------------------------------------
+    async def lookup(self, parent: int, name: str) -> Node:
+        """The node named ``name`` in directory ``parent``; NotFoundError if there is none."""
+        if parent not in self._dirs:
+            raise NotFoundError(404, f"inode {parent} is not a directory", operation="lookup")
+        if name == ".":
+            return self._nodes[parent]
+        if name == "..":
+            return self._nodes[ROOT_INODE]
+        inode = self._dirs[parent].names.get(name)
+        if inode is None and not self.is_fresh():
+            await self.ensure_fresh()
+            inode = self._dirs[parent].names.get(name)
+        if inode is None:
+            raise NotFoundError(404, f"no entry {name!r}", operation="lookup")
+        return self._nodes[inode]
+
+    async def entries(self, parent: int) -> list[tuple[str, Node]]:
+        """A sorted snapshot of a directory's entries (refreshing a stale listing first)."""
+        await self.ensure_fresh()
+        d = self._dirs[parent]
+        return [(name, self._nodes[ino]) for name, ino in sorted(d.names.items())]
+
+    def attr(self, node: Node) -> Attr:
+        if node.kind in (Kind.ROOT, Kind.PURPOSE, Kind.BYID):
+            nlink = 2 + (len(self._purpose_inode) + 1 if node.kind is Kind.ROOT else 0)
+            return Attr(node.inode, 0o40755, 0, self.mount_time_ns, nlink, self.uid, self.gid)
+        if node.kind is Kind.LINK:
+            target = self.link_target(node)
+            mtime = node.record.created_at * 10**9 if node.record else self.mount_time_ns
+            return Attr(node.inode, 0o120777, len(target.encode()), mtime, 1, self.uid, self.gid)
+        if node.pending is not None:  # open for writing: its size follows the writes
+            return Attr(node.inode, 0o100644, node.pending.size, time.time_ns(), 1, self.uid, self.gid)
+        r = node.record
+        if r is None:
+            return Attr(node.inode, 0o100444, 0, self.mount_time_ns, 1, self.uid, self.gid)
+        return Attr(node.inode, 0o100444, r.bytes, r.created_at * 10**9, 1, self.uid, self.gid)
+
+    def link_target(self, node: Node) -> str:
+        fid = node.file_id or ""
+        inode = self._file_inode.get(fid)
+        target = self._nodes[inode] if inode is not None else None
+        if target is None or target.removed or not target.name:
+            return fid
+        return f"../{target.purpose}/{target.name}"
+
+    def files(self) -> list[FileRecord]:
+        return list(self._records.values())
+
+    def file_inode(self, file_id: str) -> int | None:
+        return self._file_inode.get(file_id)
+
+    # -- lookup counts --------------------------------------------------------------------------
+    def remember(self, node: Node) -> None:
+        node.nlookup += 1
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self._nodes.get(inode)
+        if node is None:
+            return
+        node.nlookup = max(0, node.nlookup - count)
+        # Identity is permanent (inode <-> file id), so nothing of an uploaded file is dropped; a
+        # pending file that was unlinked and is no longer known to the kernel can go entirely.
+        if node.nlookup == 0 and node.removed and node.record is None and node.kind is Kind.FILE:
+            del self._nodes[inode]
+
+    # -- this mount's own changes ---------------------------------------------------------------
+    def add_pending(self, parent: int, name: str, pending: Any) -> Node:
+        purpose = self.purpose_of_dir(parent)
+        assert purpose is not None
+        node = self._new_node(Kind.FILE, purpose=purpose, name=name, pending=pending)
+        d = self._dirs[parent]
+        d.names[name] = node.inode
+        d.version += 1
+        return node
+
+    def commit_upload(self, node: Node, record: FileRecord) -> None:
+        """``node`` is now the uploaded file ``record``: same inode, same bytes as written.
+
+        Used when a new file is uploaded, when it is uploaded again after more writes, and when a
+        rename re-uploads it under a new name or purpose. The inode may take the new id because
+        its bytes are exactly those the kernel already has for it (keep_cache stays valid).
+        """
+        purposes = {record.purpose}
+        if node.record is not None and node.record.id != record.id:  # the old id goes
+            purposes.add(node.record.purpose)
+            self._tombstones.add(node.record.id)
+            self._records.pop(node.record.id, None)
+        self._file_inode[record.id] = node.inode
+        self._records[record.id] = record
+        self._local_since[record.id] = self._clock()
+        node.record = record
+        node.purpose = record.purpose
+        self._rebuild(purposes)
+
+    def writers_done(self, node: Node) -> None:
+        """The last writer closed: the file is named by the rules again, like any uploaded file."""
+        node.pending = None
+        if node.record is not None:
+            self._rebuild({node.purpose or node.record.purpose, node.record.purpose})
+
+    def remove(self, node: Node) -> None:
+        """Drop an entry at once (unlink done, or a failed upload); the inode lives until forget."""
+        if node.record is not None:
+            self._tombstones.add(node.record.id)
+            self._records.pop(node.record.id, None)
+        parent = self._purpose_inode.get(node.purpose or "")
+        if parent is not None:
+            d = self._dirs[parent]
+            if d.names.get(node.name) == node.inode:
+                del d.names[node.name]
+                d.version += 1
+                self._invalidate(parent, node.name, node.inode)  # the kernel may still cache it
+        node.removed = True
+        if node.record is not None:
+            self._rebuild({node.record.purpose})
+        self.forget(node.inode, 0)
+
+    def rename_pending(self, node: Node, new_parent: int, new_name: str) -> None:
+        old = self._dirs[self._purpose_inode[node.purpose or ""]]
+        if old.names.get(node.name) == node.inode:
+            del old.names[node.name]
+            old.version += 1
+        purpose = self.purpose_of_dir(new_parent)
+        assert purpose is not None
+        node.purpose, node.name = purpose, new_name
+        new = self._dirs[new_parent]
+        new.names[new_name] = node.inode
+        new.version += 1
+
+    def total_bytes(self) -> int:
+        return sum(r.bytes for r in self._records.values())
