@@ -79,7 +79,7 @@ def test_concurrent_readers_of_one_file_share_one_download(
     server_factory: Callable[..., LocalServer], mount_factory: Callable[..., Mount], mode: str
 ) -> None:
     server = server_factory(*(["--no-range"] if mode == "no-range" else []))
-    size = 64 * 1024 * 1024
+    size = 256 * 1024 * 1024
     data = blob(size, 99)
     server.add_file("batch_output", "big.bin", data)
     want = hashlib.sha256(data).hexdigest()

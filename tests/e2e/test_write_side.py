@@ -189,3 +189,36 @@ def test_read_only_mount_refuses_every_write(server: LocalServer, mount_factory:
             call()
         assert info.value.errno == errno.EROFS
     assert (m.path / "batch" / "a.jsonl").read_bytes() == b"{}\n"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_1_gib_copy_keeps_the_mount_rss_flat(
+    server_factory: Callable[..., LocalServer], mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    server = server_factory("--allow-all-downloads")
+    m = mount_factory(server, env={"OPENAIFS_SINGLE_UPLOAD_LIMIT": str(256 * 1024 * 1024)})
+    src = tmp_path / "gib.bin"
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    with open(src, "wb") as f:
+        for i in range(1024):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            f.write(chunk)
+            digest.update(chunk)
+    assert m.proc is not None
+    before = _peak_rss_kib(m.proc.pid)
+    assert sh(f"cp {src} {m.path}/vision/gib.bin").returncode == 0
+    growth_mib = (_peak_rss_kib(m.proc.pid) - before) / 1024
+    assert growth_mib < 64, f"the mount's peak RSS grew by {growth_mib:.0f} MiB for a 1 GiB copy"
+    (fid,) = remote(server)[("vision", "gib.bin")]
+    got = hashlib.sha256()
+    with sdk(server).files.with_streaming_response.content(fid) as r:
+        for chunk in r.iter_bytes(1 << 20):
+            got.update(chunk)
+    assert got.digest() == digest.digest()
