@@ -71,6 +71,7 @@ from openaifs.errors import (
     UploadError,
     errno_for,
 )
+from openaifs.progress import Progress
 
 if TYPE_CHECKING:
     from openaifs.client import FileRecord
@@ -334,7 +335,9 @@ class UploadSpool:
             try:
                 # On disk before the network: if the mount dies mid-upload, recover() finds the bytes.
                 await trio.to_thread.run_sync(os.fsync, pf.fd)
-                record = await self._client.upload(pf.spool_path, filename, purpose)
+                progress = Progress(f"uploading {purpose}/{filename}", size)
+                record = await self._client.upload(pf.spool_path, filename, purpose, progress=progress)
+                progress.finish()
             except Exception as exc:
                 # Also when the file was truncated under the upload (the client then refuses it):
                 # reporting success for a flush whose bytes never arrived would be a lie.
