@@ -103,24 +103,54 @@ def read_key_file(path: str | os.PathLike[str]) -> str:
     return key
 
 
+_ENV_KNOBS: tuple[tuple[str, str, type], ...] = (
+    ("OPENAIFS_SINGLE_UPLOAD_LIMIT", "single_upload_limit", int),
+    ("OPENAIFS_PART_SIZE", "part_size", int),
+    ("OPENAIFS_MAX_ATTEMPTS", "max_attempts", int),
+    ("OPENAIFS_TOTAL_DEADLINE", "total_deadline", float),
+    ("OPENAIFS_CONNECT_TIMEOUT", "connect_timeout", float),
+    ("OPENAIFS_READ_TIMEOUT", "read_timeout", float),
+)
+
+
+def _knob(name: str, raw: str, kind: type) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value  # type: ignore[no-any-return]
+
+
 def client_config_from_env(
-    api_key_file: str | None = None, env: Mapping[str, str] | None = None, **overrides: object
+    api_key_file: str | None = None, env: Mapping[str, str] | None = None, base_url: str | None = None,
+    **overrides: object,
 ) -> ClientConfig:
-    """Build the client slice from ``OPENAI_*`` variables, an optional key file, and overrides."""
+    """Build the client slice from ``OPENAI_*`` variables, an optional key file, and overrides.
+
+    ``base_url`` (``--base-url``) wins over ``OPENAI_BASE_URL``.
+    """
     env = os.environ if env is None else env
     key = read_key_file(api_key_file) if api_key_file else env.get("OPENAI_API_KEY", "").strip()
     if not key:
         raise ConfigError("no API key: set OPENAI_API_KEY or pass --api-key-file FILE")
-    base_url = (env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    source = "--base-url" if base_url else "OPENAI_BASE_URL"
+    base_url = (base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"OPENAI_BASE_URL must start with http:// or https://, got {base_url!r}")
-    # Tuning knobs without flags (tests lower them to exercise the Uploads API with small files).
-    for name, attr in (("OPENAIFS_SINGLE_UPLOAD_LIMIT", "single_upload_limit"), ("OPENAIFS_PART_SIZE", "part_size")):
-        if env.get(name):
-            try:
-                overrides.setdefault(attr, int(env[name]))
-            except ValueError:
-                raise ConfigError(f"{name} must be a whole number of bytes, got {env[name]!r}") from None
+        raise ConfigError(f"{source} must start with http:// or https://, got {base_url!r}")
+    # Tuning knobs without flags, for tests and for people on unusual links:
+    #   OPENAIFS_SINGLE_UPLOAD_LIMIT, OPENAIFS_PART_SIZE  bytes (tests exercise the Uploads API with
+    #       small files);
+    #   OPENAIFS_MAX_ATTEMPTS  attempts per logical call (>= 1);
+    #   OPENAIFS_TOTAL_DEADLINE, OPENAIFS_CONNECT_TIMEOUT, OPENAIFS_READ_TIMEOUT  seconds (> 0): how long
+    #       a caller waits for an unreachable or silent server (the reliability tests lower them so
+    #       "server gone" fails in seconds, not minutes).
+    for name, attr, kind in _ENV_KNOBS:
+        raw = env.get(name, "").strip()
+        if raw:
+            overrides.setdefault(attr, _knob(name, raw, kind))
     return ClientConfig(
         base_url=base_url,
         api_key=key,

@@ -2,13 +2,16 @@
 
 Owns the demo's seed data (generated here, never downloaded) and the life of its two child
 processes: ``openaifs serve`` on 127.0.0.1 and ``openaifs mount -f``. Both are stopped by pid
-on Ctrl-C, on SIGTERM, or right after the check with ``--no-wait``.
+on Ctrl-C, on SIGTERM, or right after the listing with ``--no-wait``; the mountpoint is removed
+again if the demo created it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -70,7 +73,9 @@ def _jsonl(rows: list[dict]) -> bytes:
 def seed_files() -> list[tuple[str, str, bytes, int]]:
     """(purpose, filename, bytes, created_at) of the demo account."""
     day = 86400
-    t0 = int(time.time()) - 30 * day
+    # Two weeks back, so the files look lived-in but none has reached the server's 30-day default
+    # expiry for batch files (an expired file vanishes from the listing, as on the hosted API).
+    t0 = int(time.time()) - 14 * day
     requests = _jsonl([
         {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
          "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Summarise item {i}"}]}}
@@ -110,17 +115,24 @@ def seed_files() -> list[tuple[str, str, bytes, int]]:
     ]
 
 
-def _start_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "openaifs", "serve", "--host", "127.0.0.1", "--port", "0", "--data", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "http://127.0.0.1:" in line:
-            return proc, line[line.index("http://"):].split()[0].rstrip("/")
-    proc.wait()
-    raise RuntimeError("the demo server exited before it listened")
+def _start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``openaifs serve`` on a free port; its output goes to a file (a pipe nobody drains would
+    block it), where the line with its URL is awaited."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "openaifs", "serve", "--host", "127.0.0.1", "--port", "0", "--data", str(data_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if "http://127.0.0.1:" in text:
+            return proc, text[text.index("http://"):].split()[0].rstrip("/")
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    _stop(proc)
+    raise DemoError(f"the demo server did not start: {log_path.read_text(errors='replace').strip()}")
 
 
 def _seed(base_url: str) -> None:
@@ -132,7 +144,7 @@ def _seed(base_url: str) -> None:
             r.raise_for_status()
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -147,64 +159,122 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-TIPS = """
-openaifs demo: a local OpenAI-compatible server with a generated account is mounted at {mnt}
+class DemoError(Exception):
+    """Why the demo could not start; str() is one line."""
 
-Try:
-  ls -l {mnt}/batch                      # one listing request served every directory
-  ls -l {mnt}/.by-id | head              # every file by id
-  head -c 300 {mnt}/batch/requests.jsonl
-  cat {mnt}/fine-tune-results/step_metrics.csv | head
-  getfattr -d {mnt}/vision/sunrise.png   # user.openai.* attributes (mounted with --xattrs)
-  cp /etc/hostname {mnt}/user_data/      # uploaded when cp closes the file
-  rm {mnt}/user_data/hostname            # deleted on the server
-  cat {mnt}/assistants/faq.txt           # refused: the API does not allow downloads of this purpose
 
-Press Ctrl-C to unmount and stop the server.
-"""
+STARTUP_SECONDS = 30.0  # server start + mount; both take well under a second on an idle machine
+
+# (command, comment) pairs shown as things to try; {mnt} is the mountpoint as the user gave it.
+TRY = [
+    ("ls -l {mnt}/.by-id | head -3", "every file by id"),
+    ("head -c 300 {mnt}/batch/requests.jsonl", "downloaded when read, then cached"),
+    ("head -3 {mnt}/fine-tune-results/step_metrics.csv", ""),
+    ("getfattr -d {mnt}/vision/sunrise.png", "user.openai.* (mounted with --xattrs)"),
+    ("cp /etc/hostname {mnt}/user_data/", "uploaded when cp closes the file"),
+    ("rm {mnt}/user_data/hostname", "deleted on the server"),
+    ("cat {mnt}/assistants/faq.txt", "refused: the API allows no downloads of this purpose"),
+    ("df -h {mnt}", ""),
+]
+
+
+def _tips(shown: str) -> str:
+    commands = [c.format(mnt=shown) for c, _ in TRY]
+    width = max(len(c) for c in commands)
+    lines = [f"  {c.ljust(width)}  # {comment}".rstrip(" #") for c, (_, comment) in zip(commands, TRY, strict=True)]
+    return "Try:\n" + "\n".join(lines)
+
+
+def _show(command: list[str]) -> None:
+    """Run ``command`` the way a user would type it, echoing it first (a short transcript)."""
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run(command, check=False)
+    sys.stdout.flush()
+
+
+def _wait_mounted(mount: subprocess.Popen[bytes], mountpoint: Path, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while not os.path.ismount(mountpoint):
+        if mount.poll() is not None or time.monotonic() > deadline:
+            lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
+            raise DemoError(f"the mount did not come up: {lines[-1] if lines else 'no log'}")
+        time.sleep(0.05)
 
 
 def run(mountpoint: Path, wait: bool = True) -> int:
+    from openaifs.mount import MountError, check_mountpoint, mounted_fs_type
+
+    given = str(mountpoint)  # relative stays relative, so the commands shown can be pasted
+    shown = shlex.quote(given)
     mountpoint = mountpoint.resolve()
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    # lexists is False for a dead mount too (ENOTCONN): ask /proc/mounts first.
+    created = mounted_fs_type(mountpoint) is None and not os.path.lexists(mountpoint)
     work = Path(tempfile.mkdtemp(prefix="openaifs-demo-"))
     server = mount = None
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored, and Python then
+    # leaves it ignored; the demo must stop cleanly on Ctrl-C and on SIGTERM either way.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server, base_url = _start_server(work / "data")
+        if created:
+            try:
+                mountpoint.mkdir(parents=True)
+            except OSError as exc:
+                raise DemoError(f"cannot create mountpoint {mountpoint}: {exc.strerror}") from None
+        check_mountpoint(mountpoint)
+        print("openaifs demo: starting a local Files API server with a generated account...", flush=True)
+        server, base_url = _start_server(work / "data", work / "server.log")
         _seed(base_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
         env.update(OPENAI_API_KEY=DEMO_KEY, OPENAI_BASE_URL=base_url)
         mount = subprocess.Popen(
             [sys.executable, "-m", "openaifs", "mount", "-f", "--xattrs", str(mountpoint),
              "--cache-dir", str(work / "cache"), "--log-file", str(work / "mount.log")],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mountpoint):
-            if mount.poll() is not None or time.monotonic() > deadline:
-                err = mount.stderr.read().decode() if mount.stderr else ""
-                print(f"openaifs demo: the mount did not come up: {err.strip()}", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
-        print(TIPS.format(mnt=mountpoint))
-        subprocess.run(["ls", "-l", str(mountpoint / "batch")], check=False)
-        sys.stdout.flush()
+        _wait_mounted(mount, mountpoint, work / "mount.log")
+        print(f"openaifs demo: {base_url} is mounted at {shown}\n", flush=True)
+        _show(["ls", given])
+        _show(["ls", "-l", f"{given}/batch", f"{given}/assistants", f"{given}/evals"])
+        print("\n" + _tips(shown) + "\n", flush=True)
         if wait:
-            signal.signal(signal.SIGTERM, _interrupt)
-            try:
-                while True:
-                    signal.pause()
-            except KeyboardInterrupt:
-                print("\nunmounting and stopping the server...")
+            print("Press Ctrl-C to unmount and stop the server.", flush=True)
+            while True:
+                signal.pause()
+        print("openaifs demo: --no-wait: unmounting and stopping the server.", flush=True)
         return 0
+    except KeyboardInterrupt:
+        print("\nopenaifs demo: unmounting and stopping the server...", flush=True)
+        return 0
+    except MountError as exc:  # the mountpoint: a usage mistake, like `openaifs mount`
+        print(f"openaifs demo: {exc}", file=sys.stderr)
+        return 2
+    except (DemoError, httpx.HTTPError) as exc:
+        print(f"openaifs demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if mount is not None and mount.poll() is None:
-            subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
-            try:
-                mount.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
-                _stop(mount)
-        _stop(server)
-        shutil.rmtree(work, ignore_errors=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            _cleanup(mount, server, mountpoint, work, created)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _cleanup(mount: subprocess.Popen[bytes] | None, server: subprocess.Popen[bytes] | None,
+             mountpoint: Path, work: Path, created: bool) -> None:
+    if mount is not None and mount.poll() is None:
+        done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
+        if done.returncode != 0:  # busy (a shell's cwd is inside?): detach it now, it goes when freed
+            print(f"openaifs demo: {mountpoint} is busy; detaching it lazily", file=sys.stderr)
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
+        try:
+            mount.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _stop(mount)
+    _stop(server)
+    shutil.rmtree(work, ignore_errors=True)
+    if created and not os.path.ismount(mountpoint):
+        with contextlib.suppress(OSError):
+            mountpoint.rmdir()  # leave no empty ./openai behind; a non-empty one is not ours to remove
