@@ -25,6 +25,7 @@ import pyfuse3
 from openaifs.config import MountConfig
 from openaifs.errors import NotFoundError, OpenAIFSError, ReadOnlyError, errno_for
 from openaifs.namespace import BYID_NAME, Attr, Kind, Namespace, Node
+from openaifs.naming import survives_upload
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,22 @@ MAX_INODES = 10**7
 
 def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
+
+
+def _new_name(raw: bytes) -> str:
+    """The name of a file being made (create, rename target): it must survive the upload unchanged.
+
+    Not UTF-8 → EILSEQ (the API keeps names as text: ``\\xff`` would come back as U+FFFD); control
+    characters → EINVAL (they come back as control pictures). Either way the file would otherwise
+    vanish at ``close`` and reappear under another name.
+    """
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EILSEQ) from None
+    if not survives_upload(name):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return name
 
 
 def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -97,6 +114,7 @@ class NodeWriters:
 @dataclass(slots=True)
 class DirHandle:
     entries: list[tuple[str, Node]] = field(default_factory=list)
+    purpose: str | None = None  # of the directory, if it is a purpose directory
 
 
 class Operations(pyfuse3.Operations):
@@ -114,6 +132,21 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._writers = NodeWriters()
         self._written: set[int] = set()  # inodes of new files that have had a write or truncate
+        # Called once FUSE INIT arrives (mount.py raises the kernel read-ahead from it: see init).
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        """FUSE INIT: pyfuse3 calls this synchronously, just before it sends the INIT reply.
+
+        The kernel caps the mount's read-ahead at what INIT negotiated (128 KiB) when it gets that
+        reply, so whatever raises it must run afterwards: ``on_init`` only schedules that work.
+        Must not raise (pyfuse3's rule for init).
+        """
+        if self.on_init is not None:
+            try:
+                self.on_init()
+            except Exception:
+                log.exception("the INIT hook failed")
 
     # -- helpers --------------------------------------------------------------------------------
     def _entry(self, attr: Attr, node: Node) -> pyfuse3.EntryAttributes:
@@ -190,7 +223,7 @@ class Operations(pyfuse3.Operations):
         if not self.ns.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         # A snapshot per open directory gives readdir stable offsets (index + 1) whatever changes.
-        return self._new_fh(DirHandle(await self.ns.entries(inode)))
+        return self._new_fh(DirHandle(await self.ns.entries(inode), self.ns.purpose_of_dir(inode)))
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -199,6 +232,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         for index in range(start_id, len(h.entries)):
             name, node = h.entries[index]
+            if node.removed or (node.kind is Kind.FILE and (node.name, node.purpose) != (name, h.purpose)):
+                # Deleted or moved since opendir took the snapshot. readdirplus puts every entry it
+                # sends into the kernel's dentry cache (for the TTL), so sending it would bring back
+                # a name that `rm` or `mv` just removed: `rm f; stat f` would succeed while an `ls` runs.
+                continue
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(node), index + 1):
                 return
             self.ns.remember(node)  # readdirplus: each listed entry counts as a lookup
@@ -245,7 +283,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=self._new_fh(Handle(node, content=handle)), keep_cache=True)
 
     @fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         h = self._file(fh)
         if h.content is None and h.node.pending is not None:
             return self.spool.read(h.node.pending, off, size)
@@ -265,7 +303,7 @@ class Operations(pyfuse3.Operations):
         purpose = self.ns.purpose_of_dir(parent_inode)
         if purpose is None:
             raise pyfuse3.FUSEError(errno.EPERM if self.ns.is_dir(parent_inode) else errno.ENOTDIR)
-        filename = _name(name)
+        filename = _new_name(name)
         pending = self.spool.create(filename, purpose)
         node = self.ns.add_pending(parent_inode, filename, pending)
         self.ns.remember(node)
@@ -396,7 +434,7 @@ class Operations(pyfuse3.Operations):
         purpose = self.ns.purpose_of_dir(parent_inode_new)
         if node.kind is not Kind.FILE or purpose is None:
             raise pyfuse3.FUSEError(errno.EPERM)
-        new_name = _name(name_new)
+        new_name = _new_name(name_new)
         try:
             target: Node | None = await self.ns.lookup(parent_inode_new, new_name)
         except OpenAIFSError:
@@ -500,7 +538,9 @@ class Operations(pyfuse3.Operations):
             "expires_at": None if r.expires_at is None else str(r.expires_at),
             "status_details": r.status_details,
         }
-        return {f"user.openai.{k}".encode(): v.encode() for k, v in values.items() if v is not None}
+        # surrogatepass: JSON can carry lone surrogates (an id "\ud800"); strict UTF-8 would fail the call.
+        return {f"user.openai.{k}".encode(): v.encode("utf-8", "surrogatepass")
+                for k, v in values.items() if v is not None}
 
 
 __all__ = ["BYID_NAME", "Operations", "fuse_errors"]

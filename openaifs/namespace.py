@@ -9,7 +9,9 @@ Consistency model: one listing of every file (``GET /files``, paginated) fills e
 It is fresh for ``metadata_ttl`` seconds. While fresh, a missing name is ENOENT without any
 request (file browsers probe many names that never exist). When stale, ``readdir`` and a lookup
 miss refresh it first (one refresh at a time; concurrent callers share it); a lookup hit never
-waits for the network. A refresh that fails leaves the stale tree in place and is logged.
+waits for the network. A refresh that fails leaves the stale tree in place and is logged, and the
+stale tree is then served without asking again for one more TTL: with the server gone, only one
+``ls`` per TTL waits out the client's retries, not every one.
 Changes made by this mount (uploads, deletes, renames) show at once: they are applied to the
 tree immediately, and a refresh that started before them cannot undo them.
 """
@@ -30,7 +32,7 @@ import trio
 from openaifs.client import FileRecord
 from openaifs.config import KNOWN_PURPOSES
 from openaifs.errors import NotFoundError, OpenAIFSError
-from openaifs.naming import assign_names
+from openaifs.naming import assign_names, link_name, purpose_dir_name
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class Namespace:
         self._dirs: dict[int, _Dir] = {}
         self._purpose_inode: dict[str, int] = {}
         self._listed_at: float | None = None
+        self._quiet_until: float | None = None  # after a failed refresh: serve the stale tree until then
         self._refreshing: trio.Event | None = None
         self._tombstones: set[str] = set()  # ids this mount deleted; a listing may still show them
         self._local_since: dict[str, float] = {}  # ids this mount added, and when
@@ -141,11 +144,13 @@ class Namespace:
     def _purpose_dir(self, purpose: str) -> _Dir:
         inode = self._purpose_inode.get(purpose)
         if inode is None:
-            node = self._new_node(Kind.PURPOSE, purpose=purpose, name=purpose)
+            root = self._dirs[ROOT_INODE]
+            # Any string may come as a purpose: the directory gets a safe, unique name (permanent).
+            name = purpose_dir_name(purpose, root.names)
+            node = self._new_node(Kind.PURPOSE, purpose=purpose, name=name)
             self._dirs[node.inode] = _Dir(node)
             self._purpose_inode[purpose] = node.inode
-            root = self._dirs[ROOT_INODE]
-            root.names[purpose] = node.inode
+            root.names[name] = node.inode
             root.version += 1
             inode = node.inode
         return self._dirs[inode]
@@ -165,7 +170,10 @@ class Namespace:
 
     # -- freshness ------------------------------------------------------------------------------
     def is_fresh(self) -> bool:
-        return self._listed_at is not None and self._clock() - self._listed_at < self.ttl
+        if self._listed_at is None:
+            return False
+        now = self._clock()
+        return now - self._listed_at < self.ttl or (self._quiet_until is not None and now < self._quiet_until)
 
     async def refresh(self) -> None:
         """Fetch one listing and apply it; concurrent callers share one request."""
@@ -190,7 +198,8 @@ class Namespace:
         except OpenAIFSError as exc:
             if self._listed_at is None:
                 raise
-            log.warning("listing failed, serving the cached listing: %s", exc)
+            self._quiet_until = self._clock() + self.ttl
+            log.warning("listing failed, serving the cached listing (next try in %.3g s): %s", self.ttl, exc)
 
     def apply_listing(self, records: Iterable[FileRecord], started: float) -> None:
         """Replace the tree by a listing taken at ``started``, keeping this mount's own newer changes."""
@@ -210,6 +219,7 @@ class Namespace:
         self._records = fresh
         self._rebuild(changed)
         self._listed_at = started
+        self._quiet_until = None
 
     # -- names ----------------------------------------------------------------------------------
     def _rebuild(self, purposes: Iterable[str]) -> None:
@@ -245,19 +255,24 @@ class Namespace:
 
     def _rebuild_byid(self) -> None:
         d = self._dirs[self.byid_inode]
-        for fid in d.names.keys() - self._records.keys():
-            self._nodes[d.names.pop(fid)].removed = True
-            self._invalidate(d.node.inode, fid, 0)
+        # Links are named by their id (set arithmetic finds the gone ones), unless the id was unsafe.
+        maybe_gone = d.names.keys() - self._records.keys()
+        gone = [name for name in maybe_gone if self._nodes[d.names[name]].file_id not in self._records]
+        for name in gone:
+            self._nodes[d.names.pop(name)].removed = True
+            self._invalidate(d.node.inode, name, 0)
             d.version += 1
         for fid, r in self._records.items():
             inode = self._link_inode.get(fid)
-            if inode is None:
-                inode = self._new_node(Kind.LINK, name=fid).inode
+            if inode is None:  # named once, like the inode: the id itself, or a safe form of it
+                inode = self._new_node(Kind.LINK, name=link_name(fid, d.names)).inode
                 self._link_inode[fid] = inode
             link = self._nodes[inode]
             link.record, link.purpose, link.removed = r, r.purpose, False
-            if d.names.get(fid) != inode:
-                d.names[fid] = inode
+            if d.names.get(link.name) != inode:
+                if link.name in d.names:  # back after a removal, and a hostile id took its name meanwhile
+                    link.name = link_name(fid, d.names)
+                d.names[link.name] = inode
                 d.version += 1
 
     def _file_node(self, r: FileRecord) -> Node:
@@ -305,14 +320,14 @@ class Namespace:
             return Attr(node.inode, 0o40755, 0, self.mount_time_ns, nlink, self.uid, self.gid)
         if node.kind is Kind.LINK:
             target = self.link_target(node)
-            mtime = node.record.created_at * 10**9 if node.record else self.mount_time_ns
+            mtime = _time_ns(node.record.created_at) if node.record else self.mount_time_ns
             return Attr(node.inode, 0o120777, len(target.encode()), mtime, 1, self.uid, self.gid)
         if node.pending is not None:  # open for writing: its size follows the writes
             return Attr(node.inode, 0o100644, node.pending.size, time.time_ns(), 1, self.uid, self.gid)
         r = node.record
         if r is None:
             return Attr(node.inode, 0o100444, 0, self.mount_time_ns, 1, self.uid, self.gid)
-        return Attr(node.inode, 0o100444, r.bytes, r.created_at * 10**9, 1, self.uid, self.gid)
+        return Attr(node.inode, 0o100444, _size(r.bytes), _time_ns(r.created_at), 1, self.uid, self.gid)
 
     def link_target(self, node: Node) -> str:
         fid = node.file_id or ""
@@ -320,7 +335,7 @@ class Namespace:
         target = self._nodes[inode] if inode is not None else None
         if target is None or target.removed or not target.name:
             return fid
-        return f"../{target.purpose}/{target.name}"
+        return f"../{self._nodes[self._purpose_inode[target.purpose or '']].name}/{target.name}"
 
     def files(self) -> list[FileRecord]:
         return list(self._records.values())
@@ -407,4 +422,17 @@ class Namespace:
         new.version += 1
 
     def total_bytes(self) -> int:
-        return sum(r.bytes for r in self._records.values())
+        return min(sum(r.bytes for r in self._records.values()), _MAX_INT64)
+
+
+# Attributes travel as signed 64-bit numbers (sizes, and times in ns): a server's absurd ``bytes`` or
+# ``created_at`` is clamped to what fits, or building the reply would fail the whole listing.
+_MAX_INT64 = 2**63 - 1
+
+
+def _size(n: int) -> int:
+    return min(max(n, 0), _MAX_INT64)
+
+
+def _time_ns(seconds: int) -> int:
+    return max(min(seconds * 10**9, _MAX_INT64), -_MAX_INT64)

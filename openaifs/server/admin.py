@@ -5,7 +5,14 @@ answered only to loopback clients (``is_loopback``); anyone else gets a 403. uvi
 ``proxy_headers=False`` so the client address is the TCP peer, not a forwarded header.
 
 Additions to docs/INTERNALS.md: ``GET /_admin/config`` (the current config), ``expires_at`` on
-``POST /_admin/files``, and ``corrupt_rate`` in the fault set (a 200 with a malformed JSON body).
+``POST /_admin/files``, ``corrupt_rate`` in the fault set (a 200 with a malformed JSON body),
+``crafted`` in the fault set (any answer per route, lying Content-Length included; see faults.py),
+and ``POST /_admin/files/bulk`` (many small files in one request, for 100,000-file tests):
+
+    {"files": [{"purpose": "batch", "filename": "a.jsonl", "content": "{}\\n"} |
+               {"purpose": "vision", "filename": "b.bin", "size": 10, "created_at": 1700000000,
+                "status": "processed"}, ...]}
+    → {"ids": ["file-…", ...]}   (in the order given; "size" fills the file with b"x")
 """
 
 from __future__ import annotations
@@ -126,6 +133,47 @@ async def create_file(st: ServerState, request: Request) -> Response:
         raise
     await blocking(st.storage.insert_file, row)
     return json_response(row.to_json())
+
+
+# Bulk files are small by design: the whole request is held in memory.
+BULK_MAX_FILE_BYTES = 1024 * 1024
+
+
+async def create_files_bulk(st: ServerState, request: Request) -> Response:
+    body = await _json_body(request)
+    items = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise _admin_error('expected {"files": [{"purpose", "filename", "content" or "size"}, ...]}')
+    now = st.clock.now()
+    rows: list[FileRow] = []
+    blobs: list[tuple[str, bytes]] = []
+    for i, item in enumerate(items):
+        rows.append(_bulk_row(item, i, now, blobs))
+    await blocking(st.storage.blobs.write_small_files, blobs)
+    await blocking(st.storage.insert_files, rows)
+    return json_response({"ids": [r.id for r in rows]})
+
+
+def _bulk_row(item: Any, i: int, now: int, blobs: list[tuple[str, bytes]]) -> FileRow:
+    if not isinstance(item, dict) or not isinstance(item.get("purpose"), str) \
+            or not isinstance(item.get("filename"), str):
+        raise _admin_error(f"files[{i}]: purpose and filename (strings) are required")
+    content = item.get("content")
+    size = item.get("size")
+    if isinstance(content, str):
+        data = content.encode("utf-8", "surrogatepass")
+    elif isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= BULK_MAX_FILE_BYTES:
+        data = b"x" * size
+    else:
+        raise _admin_error(f"files[{i}]: give content (a string) or size (0..{BULK_MAX_FILE_BYTES})")
+    created_at = item.get("created_at", now)
+    status = item.get("status", "processed")
+    if isinstance(created_at, bool) or not isinstance(created_at, int) or not isinstance(status, str):
+        raise _admin_error(f"files[{i}]: created_at must be an integer and status a string")
+    row = FileRow(new_id("file-"), item["filename"], item["purpose"], len(data), created_at,
+                  default_expiry(item["purpose"], created_at, None), status)
+    blobs.append((row.id, data))
+    return row
 
 
 async def _receive_into(request: Request, writer: BlobWriter) -> None:

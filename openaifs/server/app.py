@@ -6,7 +6,8 @@ docs/INTERNALS.md, and the request pipeline around a handler is the same for all
 1. count the request (faulted ones too) and its body bytes; give it an ``x-request-id``;
 2. draw its fault ``Decision``; sleep for the latency;
 3. check the bearer key (when one is configured);
-4. answer an injected 429 / 5xx / malformed body, or run the handler;
+4. answer an injected 429 / 5xx / malformed body, or run the handler (a ``crafted`` answer is
+   written raw onto the socket instead, so it can lie about its Content-Length);
 5. turn an ``ApiError`` into the hosted API's error envelope, anything else into a logged 500;
 6. send the response through ``ResponseTap``, which may drop the connection mid-body or, after the
    handler did its work, before answering.
@@ -30,7 +31,16 @@ from starlette.responses import Response
 
 from openaifs.server import admin, apierror, files_api, uploads_api
 from openaifs.server.apierror import ApiError
-from openaifs.server.faults import NO_FAULT, Decision, DropConnection, Message, ResponseTap, Send
+from openaifs.server.faults import (
+    NO_FAULT,
+    Crafted,
+    Decision,
+    DropConnection,
+    Message,
+    ResponseTap,
+    Send,
+    send_raw,
+)
 from openaifs.server.state import ServerState
 
 log = logging.getLogger("openaifs.server")
@@ -69,6 +79,7 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     _route("GET", "/_admin/faults", admin.get_faults),
     _route("PUT", "/_admin/faults", admin.put_faults),
     _route("POST", "/_admin/files", admin.create_file),
+    _route("POST", "/_admin/files/bulk", admin.create_files_bulk),
     _route("GET", "/_admin/clock", admin.get_clock),
     _route("POST", "/_admin/clock", admin.advance_clock),
     _route("GET", "/_admin/config", admin.get_config),
@@ -148,6 +159,11 @@ class FilesApp:
         decision = st.faults.decide(name)
         tap = ResponseTap(send, request_id, name, st.stats, decision)
         receive = _counting(receive, st.stats.bytes_received, name)
+        if decision.crafted is not None:
+            if decision.delay:
+                await anyio.sleep(decision.delay)
+            await _send_crafted(send, tap, decision.crafted)
+            return
         response = await self._answer(scope, receive, route, params, decision)
         try:
             await response(scope, receive, tap)
@@ -177,6 +193,20 @@ class FilesApp:
         except Exception:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             return error_response(apierror.server_error(500))
+
+
+async def _send_crafted(send: Send, tap: ResponseTap, crafted: Crafted) -> None:
+    """The crafted answer, byte for byte, then close; through ASGI where uvicorn is not serving."""
+    if await send_raw(send, crafted.head() + crafted.body):
+        tap.count(len(crafted.body))
+        return
+    length = len(crafted.body) if crafted.content_length is None else crafted.content_length
+    headers = [(b"content-type", crafted.content_type.encode("latin-1")), (b"content-length", str(length).encode())]
+    try:
+        await tap({"type": "http.response.start", "status": crafted.status, "headers": headers})
+        await tap({"type": "http.response.body", "body": crafted.body})
+    except DropConnection:
+        pass
 
 
 def _injected_failure(st: ServerState, decision: Decision) -> None:

@@ -43,6 +43,21 @@ class BlobStore:
     def writer(self, *, md5: bool = False) -> BlobWriter:
         return BlobWriter(self.tmp, md5=md5)
 
+    def write_small_files(self, blobs: list[tuple[str, bytes]]) -> None:
+        """Write many small file blobs at once (the bulk admin route): each through a temp file and a
+        rename, but with one directory fsync for all instead of two fsyncs per file."""
+        for file_id, data in blobs:
+            tmp = self.tmp / f"b-{secrets.token_hex(8)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.file_path(file_id))
+        _fsync_dir(self.files)
+
     def remove_file(self, file_id: str) -> None:
         self.file_path(file_id).unlink(missing_ok=True)
 

@@ -1,8 +1,11 @@
 """Fault injection and observation: what ``/_admin/faults`` and ``/_admin/stats`` control.
 
-* ``FaultSet`` is the validated fault configuration (docs/INTERNALS.md): latency with jitter,
+* ``FaultSet`` is the validated fault configuration (docs/INTERNALS.md): latency with jitter (and
+  ``route_latency_ms``, extra latency for some routes only, e.g. to hold uploads.parts),
   per-route probabilities of a 5xx, a 429, a mid-body drop, a drop after the work was done, and a
-  malformed 200 (``corrupt_rate``); whether Range is honoured; the RNG seed.
+  malformed 200 (``corrupt_rate``); a ``crafted`` answer per route (any status, body and
+  ``Content-Length``, written raw onto the socket: hostile-server tests); whether Range is
+  honoured; the RNG seed.
 * ``Faults`` draws one ``Decision`` per request from a seeded RNG.
 * ``Stats`` counts requests and body bytes per route.
 * ``ResponseTap`` wraps an ASGI ``send``: adds ``x-request-id``, counts bytes sent, and carries
@@ -20,6 +23,7 @@ also cut the body, but uvicorn logs each one as "Exception in ASGI application".
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ ROUTES: tuple[str, ...] = (
 )
 _RATE_KEYS = ("error_rate", "rate_limit_rate", "drop_rate", "drop_after_request_rate", "corrupt_rate")
 _DROP_WAIT = 10.0  # seconds to wait for a closing connection to flush its last bytes to the client
+_CRAFTED_KEYS = frozenset({"rate", "status", "body", "json", "content_length", "content_type"})
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
@@ -46,6 +51,7 @@ class FaultConfigError(ValueError):
 class FaultSet:
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
+    route_latency_ms: dict[str, float] = field(default_factory=dict)  # extra latency of some routes only
     error_rate: dict[str, float] = field(default_factory=dict)
     error_status: int = 500
     rate_limit_rate: dict[str, float] = field(default_factory=dict)
@@ -53,11 +59,14 @@ class FaultSet:
     drop_rate: dict[str, float] = field(default_factory=dict)
     drop_after_request_rate: dict[str, float] = field(default_factory=dict)
     corrupt_rate: dict[str, float] = field(default_factory=dict)
+    crafted: dict[str, Crafted] = field(default_factory=dict)
     range: bool = True
     seed: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["crafted"] = {route: c.as_json() for route, c in self.crafted.items()}
+        return out
 
     @classmethod
     def from_json(cls, obj: object, *, default_range: bool) -> FaultSet:
@@ -75,6 +84,10 @@ class FaultSet:
         for key in _RATE_KEYS:
             if key in obj:
                 setattr(faults, key, _rates(obj[key], key))
+        if "route_latency_ms" in obj:
+            faults.route_latency_ms = _rates(obj["route_latency_ms"], "route_latency_ms", high=None)
+        if "crafted" in obj:
+            faults.crafted = _crafted(obj["crafted"])
         if "error_status" in obj:
             status = obj["error_status"]
             if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
@@ -107,15 +120,79 @@ def _number(value: object, key: str, *, low: float, high: float | None = None) -
     return float(value)
 
 
-def _rates(value: object, key: str) -> dict[str, float]:
+def _rates(value: object, key: str, high: float | None = 1.0) -> dict[str, float]:
+    """A route -> number table: probabilities (0..1), or with ``high=None`` any number >= 0."""
     if not isinstance(value, dict):
-        raise FaultConfigError(f"{key} must be an object of route -> probability")
+        raise FaultConfigError(f"{key} must be an object of route -> {'probability' if high else 'number'}")
     rates: dict[str, float] = {}
     for route, p in value.items():
         if route != "*" and route not in ROUTES:
             raise FaultConfigError(f"{key}: unknown route {route!r} (known: *, {', '.join(ROUTES)})")
-        rates[route] = _number(p, f"{key}[{route}]", low=0.0, high=1.0)
+        rates[route] = _number(p, f"{key}[{route}]", low=0.0, high=high)
     return rates
+
+
+@dataclass(frozen=True, slots=True)
+class Crafted:
+    """An answer made up by the test instead of the real one: what a broken or hostile server sends.
+
+    ``body`` is sent as UTF-8 (``json`` is serialised instead when given, so any JSON value works);
+    ``content_length`` is the header to send (None: the true length; a lie makes the client see a
+    truncated body, or stop early). The connection is closed after it, so a lie cannot leak into
+    the next response on the same connection.
+    """
+
+    rate: float = 1.0
+    status: int = 200
+    body: bytes = b""
+    content_length: int | None = None
+    content_type: str = "application/json"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rate": self.rate, "status": self.status, "body": self.body.decode("utf-8", "replace"),
+                "content_length": self.content_length, "content_type": self.content_type}
+
+    def head(self) -> bytes:
+        """Status line and headers, exactly as sent (HTTP/1.1, Connection: close)."""
+        length = len(self.body) if self.content_length is None else self.content_length
+        return (f"HTTP/1.1 {self.status} Crafted\r\ncontent-type: {self.content_type}\r\n"
+                f"content-length: {length}\r\nconnection: close\r\n\r\n").encode("latin-1")
+
+
+def _crafted(value: object) -> dict[str, Crafted]:
+    if not isinstance(value, dict):
+        raise FaultConfigError("crafted must be an object of route -> answer")
+    out: dict[str, Crafted] = {}
+    for route, spec in value.items():
+        where = f"crafted[{route}]"
+        if route != "*" and route not in ROUTES:
+            raise FaultConfigError(f"{where}: unknown route (known: *, {', '.join(ROUTES)})")
+        if not isinstance(spec, dict):
+            raise FaultConfigError(f"{where} must be an object")
+        unknown = set(spec) - _CRAFTED_KEYS
+        if unknown:
+            raise FaultConfigError(f"{where}: unknown key(s): {', '.join(sorted(unknown))}")
+        if "body" in spec and "json" in spec:
+            raise FaultConfigError(f"{where}: give body or json, not both")
+        if "json" in spec:
+            # ASCII with \u escapes: lone surrogates (legal in JSON text) arrive as a JSON server sends them.
+            body = json.dumps(spec["json"]).encode("ascii")
+        elif isinstance(spec.get("body", ""), str):
+            body = spec.get("body", "").encode("utf-8", "surrogatepass")
+        else:
+            raise FaultConfigError(f"{where}: body must be a string")
+        status = spec.get("status", 200)
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise FaultConfigError(f"{where}: status must be an integer 100..599")
+        length = spec.get("content_length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+            raise FaultConfigError(f"{where}: content_length must be a non-negative integer or null")
+        ctype = spec.get("content_type", "application/json")
+        if not isinstance(ctype, str) or any(c in ctype for c in "\r\n"):
+            raise FaultConfigError(f"{where}: content_type must be a one-line string")
+        rate = _number(spec.get("rate", 1.0), f"{where}.rate", low=0.0, high=1.0)
+        out[route] = Crafted(rate, status, body, length, ctype)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +205,7 @@ class Decision:
     corrupt: bool = False
     drop_at: float | None = None  # fraction of the body to send before dropping
     drop_after_work: bool = False
+    crafted: Crafted | None = None
 
 
 NO_FAULT = Decision()
@@ -154,7 +232,7 @@ class Faults:
         if not self._active:
             return NO_FAULT
         f = self.current
-        delay = f.latency_ms / 1000
+        delay = (f.latency_ms + f.rate(f.route_latency_ms, route)) / 1000
         if f.latency_jitter_ms:
             delay += self.rng.uniform(0, f.latency_jitter_ms) / 1000
 
@@ -167,7 +245,10 @@ class Faults:
         corrupt = not (rate_limited or server_error) and hit(f.corrupt_rate)
         drop_at = self.rng.random() if hit(f.drop_rate) else None
         drop_after = hit(f.drop_after_request_rate)
-        return Decision(delay, rate_limited, server_error, corrupt, drop_at, drop_after)
+        crafted = f.crafted.get(route, f.crafted.get("*"))
+        if crafted is not None and not (crafted.rate > 0 and self.rng.random() < crafted.rate):
+            crafted = None
+        return Decision(delay, rate_limited, server_error, corrupt, drop_at, drop_after, crafted)
 
 
 class Stats:
@@ -237,6 +318,10 @@ class ResponseTap:
         self._count(len(body))
         await self._send(message)
 
+    def count(self, n: int) -> None:
+        """Count body bytes sent around the tap (a crafted answer written raw)."""
+        self._count(n)
+
     def _count(self, n: int) -> None:
         self._sent += n
         if self._route is not None:
@@ -245,6 +330,17 @@ class ResponseTap:
     async def _drop(self) -> None:
         await close_connection(self._send)
         raise DropConnection
+
+
+async def send_raw(send: Send, data: bytes) -> bool:
+    """Write ``data`` as it is onto the connection behind uvicorn's ``send``, then close it; False
+    when ``send`` is not uvicorn's (nothing was written)."""
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return False
+    transport.write(data)
+    return await close_connection(send)
 
 
 async def close_connection(send: Send) -> bool:

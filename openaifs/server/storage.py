@@ -192,6 +192,20 @@ class Storage:
                 f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _file_values(row)
             )
 
+    def insert_files(self, rows: list[FileRow]) -> None:
+        """Many rows in one transaction (the bulk admin route: 100,000 files in seconds)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_file_values(r) for r in rows],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def get_file(self, file_id: str, now: int) -> FileRow | None:
         """The live file (not deleted, not expired), or None."""
         with self._lock:

@@ -24,7 +24,8 @@ def in_proc_mounts(mountpoint: Path) -> bool:
 def answers(mountpoint: Path) -> bool:
     """True once our filesystem answers at ``mountpoint`` (its root is FUSE's inode 1)."""
     try:
-        return in_proc_mounts(mountpoint) and os.stat(mountpoint).st_ino == 1
+        # statvfs first: stat of a dead mount may still be answered from the kernel's attribute cache.
+        return in_proc_mounts(mountpoint) and os.statvfs(mountpoint) is not None and os.stat(mountpoint).st_ino == 1
     except OSError:  # a dead mount left by a crashed process answers ENOTCONN
         return False
 
@@ -50,8 +51,9 @@ class Mount:
         mountpoint: Path,
         cache_dir: Path,
         args: list[str] | None = None,
-        api_key: str = "sk-test-mount-key",
+        api_key: str | None = "sk-test-mount-key",
         env: dict[str, str] | None = None,
+        stderr_path: Path | None = None,
     ) -> None:
         self.server = server
         self.path = mountpoint
@@ -60,16 +62,26 @@ class Mount:
         self.api_key = api_key
         self.extra_env = env or {}
         self.log_path = cache_dir.parent / f"{mountpoint.name}.log"
+        # None: stderr is a pipe, read only if the mount fails to start. A file instead for mounts
+        # that write much there (--debug prints every FUSE request): a full pipe would block them.
+        self.stderr_path = stderr_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mount:
         self.path.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-        env.update(OPENAI_API_KEY=self.api_key, OPENAI_BASE_URL=self.server.base_url, **self.extra_env)
+        env.update(OPENAI_BASE_URL=self.server.base_url, **self.extra_env)
+        if self.api_key is not None:  # None: the key comes another way (--api-key-file)
+            env["OPENAI_API_KEY"] = self.api_key
         cmd = [sys.executable, "-m", "openaifs", "mount", "-f", str(self.path), "--cache-dir",
                str(self.cache_dir), "--log-file", str(self.log_path), *self.args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        if self.stderr_path is None:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         start_new_session=True)
+        else:
+            with open(self.stderr_path, "ab") as err_file:
+                self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+                                             start_new_session=True)
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not answers(self.path):
             if self.proc.poll() is not None:

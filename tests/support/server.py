@@ -19,8 +19,10 @@ STARTUP_TIMEOUT = 30.0
 class LocalServer:
     """A running ``openaifs serve`` on 127.0.0.1; stopped by pid in ``stop()``."""
 
-    def __init__(self, data_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None,
+                 port: int = 0):
         self.data_dir = data_dir
+        self.port = port  # 0: the kernel picks one; start() then remembers it, so a restart reuses it
         self.args = list(args or [])
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
@@ -29,7 +31,7 @@ class LocalServer:
         self.output: list[str] = []
 
     def start(self) -> LocalServer:
-        cmd = [sys.executable, "-m", "openaifs", "serve", "--host", "127.0.0.1", "--port", "0",
+        cmd = [sys.executable, "-m", "openaifs", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data", str(self.data_dir), *self.args]
         env = dict(os.environ if self.env is None else self.env)
         self.proc = subprocess.Popen(
@@ -62,6 +64,7 @@ class LocalServer:
                 url = line[line.index("http://127.0.0.1:"):].split()[0]
                 self.base_url = url.rstrip("/")
                 self.root_url = self.base_url.removesuffix("/v1")
+                self.port = int(self.root_url.rsplit(":", 1)[1])
                 return self
 
     def stop(self) -> None:
@@ -78,6 +81,11 @@ class LocalServer:
         pump = getattr(self, "_pump", None)
         if pump is not None:
             pump.join(timeout=10)
+
+    def restart(self) -> LocalServer:
+        """Stop, then serve the same --data on the same port again (a server that went away and came back)."""
+        self.stop()
+        return self.start()
 
     # -- admin helpers ------------------------------------------------------------------------
     def admin(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -106,3 +114,7 @@ class LocalServer:
         if created_at is not None:
             params["created_at"] = created_at
         return self.admin("POST", "files", params=params, content=content)
+
+    def add_files_bulk(self, files: list[dict[str, Any]]) -> list[str]:
+        """Many small files in one request (``POST /_admin/files/bulk``); their ids, in order."""
+        return self.admin("POST", "files/bulk", json={"files": files})["ids"]
