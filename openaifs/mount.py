@@ -61,10 +61,18 @@ def mounted_fs_type(mountpoint: Path) -> str | None:
 
 
 def is_stale(mountpoint: Path) -> bool:
-    try:
-        os.stat(mountpoint)
-    except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    """Whether the FUSE mount at ``mountpoint`` lost its filesystem process.
+
+    ``stat`` alone cannot tell: the kernel answers it from cached attributes (an hour for the
+    root) even after the connection was aborted. ``statvfs`` always asks the filesystem, and gets
+    ENOTCONN from a dead one.
+    """
+    for probe in (os.statvfs, os.stat):
+        try:
+            probe(mountpoint)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+                return True
     return False
 
 
@@ -130,18 +138,29 @@ def fuse_options(config: MountConfig) -> set[str]:
 def raise_read_ahead(mountpoint: Path) -> None:
     """Set the bdi read-ahead of our mount, found via mountinfo.
 
-    ``mountpoint`` must already be absolute and resolved: ``os.path.realpath`` would lstat it,
-    a FUSE request to ourselves that deadlocks before ``pyfuse3.main`` runs.
+    Only after FUSE INIT has been answered: the kernel sets the read-ahead to at most the
+    ``max_readahead`` negotiated in INIT (128 KiB) when it receives the reply, undoing anything
+    written before (measured: written before ``pyfuse3.main``, it read back as 128 and every read
+    request stayed 128 KiB). ``mountpoint`` must already be absolute and resolved:
+    ``os.path.realpath`` would lstat it, a FUSE request to ourselves that deadlocks.
     """
     target = str(mountpoint)
     try:
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             parts = line.split()
             if parts[4].replace("\\040", " ") == target:
-                Path(f"/sys/class/bdi/{parts[2]}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+                path = Path(f"/sys/class/bdi/{parts[2]}/read_ahead_kb")
+                path.write_text(f"{READ_AHEAD_KB}\n")
+                log.debug("read-ahead of %s: %s KiB", mountpoint, path.read_text().strip())
                 return
     except OSError as exc:  # not root, or no sysfs: reads still work with 128 KiB requests
         log.info("could not raise read-ahead (%s); reads use 128 KiB requests", exc)
+
+
+async def _after_init(mountpoint: Path) -> None:
+    # On the event loop, not in a thread: a few microseconds of procfs/sysfs, and done before the
+    # reads that follow the mount's first answers.
+    raise_read_ahead(mountpoint)
 
 
 async def _signals(cancel: trio.CancelScope) -> None:
@@ -193,8 +212,9 @@ async def serve(
                 notify(f"mounting {mcfg.mountpoint} failed: {exc}")
                 nursery.cancel_scope.cancel()
                 return 1
+            # A task started from INIT runs once pyfuse3 has sent the INIT reply (see raise_read_ahead).
+            ops.on_init = lambda: nursery.start_soon(_after_init, mcfg.mountpoint)
             try:
-                raise_read_ahead(mcfg.mountpoint)
                 nursery.start_soon(_signals, nursery.cancel_scope)
                 log.info("mounted %s at %s (%d files)", ccfg.base_url, mcfg.mountpoint, len(records))
                 notify(None)

@@ -9,17 +9,23 @@ How a read is answered
     ``Content.open`` pins the file's cache entry (creating an empty sparse cache file if new) and does
     no network I/O. ``Content.read`` clips the request to the file size. If the entry already holds
     those bytes (a complete file, or a present range of a partial one), it answers with one
-    ``os.pread`` on the entry's open fd, right in the handler: a thread hop would halve the throughput
-    of cached reads (PYFUSE3_NOTES §1.1: 317 vs 713 MiB/s). Otherwise it asks the file's
-    ``Downloader`` to make the range present and waits for exactly that range.
+    ``preadv(RWF_NOWAIT)`` on the entry's open fd, right in the handler: a thread hop would halve the
+    throughput of cached reads (PYFUSE3_NOTES §1.1: 317 vs 713 MiB/s). Only when those pages are not
+    in the page cache (a remount, memory pressure) does the read go to a worker thread, so the disk
+    never stalls the event loop. Otherwise it asks the file's ``Downloader`` to make the range
+    present, waits for exactly that range, and answers with a view of the buffer that brought it
+    when one buffer holds the whole range (still in memory: handed to the writer, or just written).
 
 How bytes are fetched
     Every file being read has one ``Downloader``, shared by all its handles. It tracks the byte ranges
     some fetch has claimed, and starts fetches only for bytes neither present nor claimed, so any number
     of readers of one file cost one download. Each fetch streams the client's response into a buffer of
-    ``WRITE_BATCH`` bytes, written by a worker thread while the next buffer fills (so at most two per
-    fetch are in memory); a waiting reader is woken as soon as its range is on disk (a buffer is
-    written early when that would serve someone).
+    up to ``WRITE_BATCH`` bytes, ending at a multiple of ``WRITE_BATCH`` in the file (where the
+    kernel's aligned read requests end), written by a worker thread while the next buffer fills (so at
+    most two per fetch are in memory, plus the last few written, kept for the readers waiting for
+    them). A waiting reader is woken with a view of a buffer as soon as the fetch hands over one that
+    holds its whole range (the write lands meanwhile), otherwise once its range is on disk (a buffer
+    is handed over early when that would serve someone).
 
     Where the server honours Range, a fetch covers a chunk around the requested offset. Each handle
     keeps its access pattern: its first read, and any read that does not continue the previous one,

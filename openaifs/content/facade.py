@@ -104,6 +104,8 @@ class Content:
         self._closed = False
         self._purging = False
         self._purge_again = False
+        self._commit_queue: list[CacheEntry] = []  # entries to record, for the one committer task
+        self._committing = False
         store.on_trash = self._schedule_purge
 
     # -- the FUSE-facing calls ----------------------------------------------------------------
@@ -122,8 +124,12 @@ class Content:
         entry.open_handles += 1
         return ContentHandle(file_id, entry.size, purpose, entry, self.settings.first_chunk)
 
-    async def read(self, handle: ContentHandle, offset: int, length: int) -> bytes:
-        """Exactly the bytes ``[offset, offset+length)`` clipped to the size; b"" at or past EOF."""
+    async def read(self, handle: ContentHandle, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """Exactly the bytes ``[offset, offset+length)`` clipped to the size; b"" at or past EOF.
+
+        A read that waited for a download is answered with a view of the buffer just written to
+        the cache file (no copy, no read-back); pyfuse3 takes any buffer.
+        """
         if handle.released:
             raise ValueError(f"read on a released handle of {handle.file_id}")
         entry = handle.entry
@@ -131,18 +137,33 @@ class Content:
         if entry is None or offset >= end or offset < 0:
             return b""
         if entry.complete:
-            self.stats.hits += 1  # the fast path: no await, no thread, one pread
+            self.stats.hits += 1  # the fast path: no thread hop, one pread of cached pages
         else:
-            await self._make_present(handle, entry, offset, end)
+            view = await self._make_present(handle, entry, offset, end)
+            if view is None and entry.downloader is not None:
+                view = entry.downloader.view(offset, end)  # a wait ended with the write landing
+            if view is not None:
+                self.stats.from_memory += 1
+                self.stats.bytes_served += len(view)
+                return view
         try:
-            data = self.store.pread(entry, offset, end - offset)
+            # Pages in the page cache are read right here (a thread hop would halve the throughput
+            # of cached reads); pages on disk only in a worker thread, so a cold cache file (after a
+            # remount, or evicted by memory pressure) never stalls every other FUSE request.
+            data = self.store.pread_cached(entry, offset, end - offset)
+            if data is None:
+                self.stats.disk_reads += 1
+                data = await trio.to_thread.run_sync(self.store.pread, entry, offset, end - offset)
         except OSError as exc:
             msg = f"cannot read the cache file of {handle.file_id}: {exc.strerror or exc}"
             raise CacheError(msg) from exc
         self.stats.bytes_served += len(data)
         return data
 
-    async def _make_present(self, handle: ContentHandle, entry: CacheEntry, start: int, end: int) -> None:
+    async def _make_present(self, handle: ContentHandle, entry: CacheEntry, start: int, end: int,
+                            on_disk: bool = False) -> memoryview | None:
+        """Make ``[start, end)`` present, or (unless ``on_disk``) return it from a buffer still being
+        written."""
         if self._range is None:
             self._range = await self.client.range_supported()
         ranged = self._range is not False  # unknown: try ranged requests; the client copes either way
@@ -154,9 +175,13 @@ class Content:
         downloader.plan(handle.state, start, end, handle.purpose, ranged)
         if present:
             self.stats.hits += 1
-            return
+            return None
+        view = None if on_disk else downloader.view(start, end)  # arrived, and being written
+        if view is not None:
+            self.stats.hits += 1
+            return view
         self.stats.misses += 1
-        await downloader.wait_for(handle.state, start, end, handle.purpose, ranged)
+        return await downloader.wait_for(handle.state, start, end, handle.purpose, ranged, on_disk)
 
     async def release(self, handle: ContentHandle) -> None:
         """The handle is closed. When it was the file's last, its running downloads stop."""
@@ -209,7 +234,7 @@ class Content:
             for start in range(0, entry.size, self.settings.chunk_max):
                 end = min(entry.size, start + self.settings.chunk_max)
                 if not entry.ranges.contains(start, end):
-                    await self._make_present(handle, entry, start, end)
+                    await self._make_present(handle, entry, start, end, on_disk=True)
             if file_id not in self._materialized:
                 self.store.pin(entry)
                 self._materialized[file_id] = entry
@@ -262,7 +287,8 @@ class Content:
 
     def summary(self) -> str:
         s, st = self.stats, self.store.stats
-        return (f"content: {s.hits} cached reads, {s.misses} waited for downloads, "
+        return (f"content: {s.hits} cached reads, {s.misses} waited for downloads "
+                f"({s.from_memory} answered from memory, {s.disk_reads} from disk in a thread), "
                 f"{s.bytes_fetched / MiB:.1f} MiB fetched in {s.fetches} requests "
                 f"({s.failures} failed, {s.cancelled} cancelled), {st.evicted_files} files evicted, "
                 f"{self.store.total_bytes / MiB:.1f} MiB cached")
@@ -323,19 +349,30 @@ class Content:
             log.warning("cannot record the cached ranges of %s: %s", entry.file_id, exc)
             return
         entry.commit_scheduled = True
-        self._task_started()
-        self.nursery.start_soon(self._commit, entry, name=f"commit {entry.file_id}")
+        self._commit_queue.append(entry)
+        if not self._committing:
+            self._committing = True
+            self._task_started()
+            self.nursery.start_soon(self._commit_loop, name="commit")
 
     # Background tasks run in the mount's nursery: an exception escaping one would end the mount, so
     # each logs whatever it did not expect and stops.
-    async def _commit(self, entry: CacheEntry) -> None:
+    async def _commit_loop(self) -> None:
+        """The one committer: records every queued entry, in batches (see ``commit_many``)."""
         try:
-            await self.store.commit(entry)
-        except Exception:
-            log.exception("recording the cached ranges of %s failed", entry.file_id)
+            while self._commit_queue:
+                batch, self._commit_queue = self._commit_queue, []
+                try:
+                    await self.store.commit_many(batch)
+                except Exception:
+                    log.exception("recording the cached ranges of %s failed",
+                                  ", ".join(entry.file_id for entry in batch))
+                finally:
+                    for entry in batch:
+                        entry.commit_scheduled = False
+                        self._unpin(entry)  # may queue it again (more bytes arrived meanwhile)
         finally:
-            entry.commit_scheduled = False
-            self._unpin(entry)
+            self._committing = False
             self._task_done()
 
     def _schedule_purge(self) -> None:

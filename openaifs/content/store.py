@@ -35,8 +35,10 @@ The store keeps, per entry, the present ranges (in memory, authoritative while m
 open), and an LRU order. Eviction removes whole files, least recently used first, skipping pinned ones,
 until the present bytes of all entries fit ``max_bytes``.
 
-Everything here runs on the event loop and is quick (open, pread, unlink, small JSON) except
-``write_sidecar`` (fdatasync + fsync), which callers run in a worker thread via ``commit``.
+Everything here runs on the event loop and is quick (open, pread of cached pages, unlink, small
+JSON) except ``write_sidecar`` (fdatasync + fsync), which callers run in a worker thread via
+``commit``, and ``pread`` of pages not in the page cache, which ``pread_cached`` refuses so that the
+caller can read them in a worker thread.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ from openaifs.errors import OpenAIFSError
 log = logging.getLogger(__name__)
 
 SIDECAR_VERSION = 1
+# preadv2 flag: fail with EAGAIN instead of waiting for the disk (0 where the platform lacks it).
+_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _DATA_RE = re.compile(r"([0-9a-f]{64})\.[0-9a-f]{16}\.data")
 _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
@@ -141,6 +145,7 @@ class ContentStore:
         self.stats = StoreStats()
         self._index: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order: oldest first
         self._total = 0  # present bytes over all indexed entries
+        self._nowait = _NOWAIT  # 0 once the cache's filesystem refused RWF_NOWAIT
         self._lock_fd: int | None = None
         try:
             self._make_dirs()
@@ -335,6 +340,28 @@ class ContentStore:
             got += len(more)
         return b"".join(parts)
 
+    def pread_cached(self, entry: CacheEntry, offset: int, length: int) -> bytes | bytearray | None:
+        """The bytes ``[offset, offset+length)`` if the page cache holds all of them, else None.
+
+        Never waits for the disk (``RWF_NOWAIT``), so it is safe on the event loop; a None means
+        "read it in a worker thread". Without RWF_NOWAIT support it is a plain ``pread``.
+        """
+        if not self._nowait:
+            return self.pread(entry, offset, length)
+        assert entry.fd is not None, entry
+        buf = bytearray(length)
+        try:
+            got = os.preadv(entry.fd, [buf], offset, self._nowait)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it (NFS, FUSE)
+                log.debug("%s does not support RWF_NOWAIT reads: plain pread from now on", self.dir)
+                self._nowait = 0
+                return self.pread(entry, offset, length)
+            raise
+        return buf if got == length else None  # a short read: the rest is not cached
+
     @staticmethod
     def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (blocking: run it in a worker thread)."""
@@ -371,6 +398,37 @@ class ContentStore:
                 self._commit_failed(entry, total, exc)
                 return
             self._committed(entry, total)
+
+    async def commit_many(self, entries: list[CacheEntry]) -> None:
+        """``commit`` for several entries in one worker thread: one thread hop, not one per file.
+
+        Reading many small files at once completes (and commits) them at nearly the same time: one
+        hop (and one thread) per file cost 8 parallel readers of 200 files of 1 MiB ~10 % of their
+        throughput and CPU (bench.py). Each entry still gets its own fdatasync and sidecar, in order.
+        The caller holds a pin on each and is the only one committing them (Content's committer).
+        """
+        jobs = [(entry, entry.ranges.as_list(), entry.ranges.total) for entry in entries
+                if not entry.gone and entry.dirty and entry.fd is not None]  # snapshots before any sync
+        if not jobs:
+            return
+
+        def write_all() -> list[OSError | None]:
+            errors: list[OSError | None] = []
+            for entry, snapshot, _ in jobs:
+                assert entry.fd is not None
+                try:
+                    self.write_sidecar(entry.file_id, entry.key, entry.size, entry.data_name, snapshot, entry.fd)
+                except OSError as exc:
+                    errors.append(exc)
+                else:
+                    errors.append(None)
+            return errors
+
+        for (entry, _, total), error in zip(jobs, await trio.to_thread.run_sync(write_all), strict=True):
+            if error is not None:
+                self._commit_failed(entry, total, error)
+            else:
+                self._committed(entry, total)
 
     def commit_sync(self, entry: CacheEntry) -> None:
         """Blocking commit, for shutdown and tests."""
