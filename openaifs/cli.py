@@ -193,6 +193,8 @@ def _setup_logging(args: argparse.Namespace, log_file: Path | None) -> None:
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before the first line: logs name the user's files (never the key, but still theirs).
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handler = logging.FileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -114,6 +114,8 @@ def test_daemon_mount_answers_then_umount(server: LocalServer, tmp_path: Path, d
     assert again.returncode == 2 and "already mounted" in one_line(again)
     assert KEY not in " ".join(Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
                                for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, str(mnt)))
+    log_file = tmp_path / "c" / "openaifs.log"  # a daemon's default log: private like the cache
+    assert log_file.exists() and oct(log_file.stat().st_mode & 0o777) == "0o600"
     r = openaifs("umount", str(mnt))
     assert r.returncode == 0, r.stderr
     assert not in_proc_mounts(mnt)
