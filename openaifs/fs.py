@@ -24,7 +24,7 @@ import pyfuse3
 
 from openaifs.config import MountConfig
 from openaifs.errors import NotFoundError, OpenAIFSError, ReadOnlyError, errno_for
-from openaifs.namespace import BYID_NAME, Attr, Kind, Namespace, Node
+from openaifs.namespace import Attr, Kind, Namespace, Node
 from openaifs.naming import survives_upload
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,9 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        used = -(-self.ns.total_bytes() // STATFS_BLOCK)
+        files, used_bytes = self.ns.totals()
+        used = -(-used_bytes // STATFS_BLOCK)
         total = max(CAPACITY_BYTES // STATFS_BLOCK, used)
-        files = len(self.ns.files())
         s.f_bsize = s.f_frsize = STATFS_BLOCK
         s.f_blocks = total
         s.f_bfree = s.f_bavail = total - used
@@ -543,4 +543,4 @@ class Operations(pyfuse3.Operations):
                 for k, v in values.items() if v is not None}
 
 
-__all__ = ["BYID_NAME", "Operations", "fuse_errors"]
+__all__ = ["Operations", "fuse_errors"]

@@ -163,7 +163,7 @@ async def _after_init(mountpoint: Path) -> None:
     raise_read_ahead(mountpoint)
 
 
-async def _signals(cancel: trio.CancelScope) -> None:
+async def _signals() -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: unmounting", signal.Signals(signum).name)
@@ -215,7 +215,7 @@ async def serve(
             # A task started from INIT runs once pyfuse3 has sent the INIT reply (see raise_read_ahead).
             ops.on_init = lambda: nursery.start_soon(_after_init, mcfg.mountpoint)
             try:
-                nursery.start_soon(_signals, nursery.cancel_scope)
+                nursery.start_soon(_signals)
                 log.info("mounted %s at %s (%d files)", ccfg.base_url, mcfg.mountpoint, len(records))
                 notify(None)
                 await pyfuse3.main()

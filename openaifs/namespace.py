@@ -88,7 +88,6 @@ class Attr:
 class _Dir:
     node: Node
     names: dict[str, int] = field(default_factory=dict)  # entry name -> inode
-    version: int = 0  # bumped at every change; readdir snapshots are taken per version
 
 
 Lister = Callable[[], Awaitable[list[FileRecord]]]
@@ -117,6 +116,7 @@ class Namespace:
         self._file_inode: dict[str, int] = {}  # file id -> inode, permanent
         self._link_inode: dict[str, int] = {}  # file id -> .by-id symlink inode, permanent
         self._records: dict[str, FileRecord] = {}
+        self._totals: tuple[int, int] | None = None  # statfs numbers; None after any change
         self._dirs: dict[int, _Dir] = {}
         self._purpose_inode: dict[str, int] = {}
         self._listed_at: float | None = None
@@ -151,7 +151,6 @@ class Namespace:
             self._dirs[node.inode] = _Dir(node)
             self._purpose_inode[purpose] = node.inode
             root.names[name] = node.inode
-            root.version += 1
             inode = node.inode
         return self._dirs[inode]
 
@@ -217,6 +216,7 @@ class Namespace:
                 self._mark_removed(self._nodes[inode])
         changed = {r.purpose for r in self._records.values()} | {r.purpose for r in fresh.values()}
         self._records = fresh
+        self._totals = None
         self._rebuild(changed)
         self._listed_at = started
         self._quiet_until = None
@@ -251,7 +251,6 @@ class Namespace:
                 if new.get(name) != ino:
                     self._invalidate(d.node.inode, name, 0)
             d.names = new
-            d.version += 1
 
     def _rebuild_byid(self) -> None:
         d = self._dirs[self.byid_inode]
@@ -261,7 +260,6 @@ class Namespace:
         for name in gone:
             self._nodes[d.names.pop(name)].removed = True
             self._invalidate(d.node.inode, name, 0)
-            d.version += 1
         for fid, r in self._records.items():
             inode = self._link_inode.get(fid)
             if inode is None:  # named once, like the inode: the id itself, or a safe form of it
@@ -273,7 +271,6 @@ class Namespace:
                 if link.name in d.names:  # back after a removal, and a hostile id took its name meanwhile
                     link.name = link_name(fid, d.names)
                 d.names[link.name] = inode
-                d.version += 1
 
     def _file_node(self, r: FileRecord) -> Node:
         inode = self._file_inode.get(r.id)
@@ -337,8 +334,12 @@ class Namespace:
             return fid
         return f"../{self._nodes[self._purpose_inode[target.purpose or '']].name}/{target.name}"
 
-    def files(self) -> list[FileRecord]:
-        return list(self._records.values())
+    def totals(self) -> tuple[int, int]:
+        """(number of files, their bytes) for statfs, which tools call often: recomputed only after
+        the records changed, not on every call."""
+        if self._totals is None:
+            self._totals = (len(self._records), min(sum(r.bytes for r in self._records.values()), _MAX_INT64))
+        return self._totals
 
     def file_inode(self, file_id: str) -> int | None:
         return self._file_inode.get(file_id)
@@ -364,7 +365,6 @@ class Namespace:
         node = self._new_node(Kind.FILE, purpose=purpose, name=name, pending=pending)
         d = self._dirs[parent]
         d.names[name] = node.inode
-        d.version += 1
         return node
 
     def commit_upload(self, node: Node, record: FileRecord) -> None:
@@ -381,6 +381,7 @@ class Namespace:
             self._records.pop(node.record.id, None)
         self._file_inode[record.id] = node.inode
         self._records[record.id] = record
+        self._totals = None
         self._local_since[record.id] = self._clock()
         node.record = record
         node.purpose = record.purpose
@@ -397,12 +398,12 @@ class Namespace:
         if node.record is not None:
             self._tombstones.add(node.record.id)
             self._records.pop(node.record.id, None)
+            self._totals = None
         parent = self._purpose_inode.get(node.purpose or "")
         if parent is not None:
             d = self._dirs[parent]
             if d.names.get(node.name) == node.inode:
                 del d.names[node.name]
-                d.version += 1
                 self._invalidate(parent, node.name, node.inode)  # the kernel may still cache it
         node.removed = True
         if node.record is not None:
@@ -413,16 +414,12 @@ class Namespace:
         old = self._dirs[self._purpose_inode[node.purpose or ""]]
         if old.names.get(node.name) == node.inode:
             del old.names[node.name]
-            old.version += 1
         purpose = self.purpose_of_dir(new_parent)
         assert purpose is not None
         node.purpose, node.name = purpose, new_name
         new = self._dirs[new_parent]
         new.names[new_name] = node.inode
-        new.version += 1
 
-    def total_bytes(self) -> int:
-        return min(sum(r.bytes for r in self._records.values()), _MAX_INT64)
 
 
 # Attributes travel as signed 64-bit numbers (sizes, and times in ns): a server's absurd ``bytes`` or
