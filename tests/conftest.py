@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,14 @@ def _clean_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("OPENAI_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _leaks_fail_their_own_test() -> Iterator[None]:
+    """Collect garbage after each test, so an unclosed socket or file warns (an error here) in the test
+    that leaked it, not in whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
