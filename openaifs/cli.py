@@ -102,17 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from openaifs.server import cli as server_cli
+    from openaifs.server import flags as server_flags
 
     serve = sub.add_parser(
         "serve",
         help="run the local OpenAI-compatible Files API server",
-        description=server_cli.DESCRIPTION,
-        epilog=server_cli.EXAMPLES,
+        description=server_flags.DESCRIPTION,
+        epilog=server_flags.EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    server_cli.add_arguments(serve)
-    serve.set_defaults(run=server_cli.run)
+    server_flags.add_arguments(serve)
+    serve.set_defaults(run=run_serve)
 
     mount = sub.add_parser(
         "mount",
@@ -242,6 +242,12 @@ def _mount_configs(args: argparse.Namespace) -> tuple[object, object]:
         **kwargs,
     )
     return mcfg, ccfg
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from openaifs.server import cli as server_cli  # uvicorn and the app: only when serving
+
+    return server_cli.run(args)
 
 
 def run_mount(args: argparse.Namespace) -> int:

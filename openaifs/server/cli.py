@@ -30,16 +30,10 @@ from pathlib import Path
 
 import uvicorn
 
-from openaifs.config import SERVER_KEY_VARIABLE, ConfigError, server_api_key
+from openaifs.config import ConfigError, server_api_key
 from openaifs.server.app import FilesApp
 from openaifs.server.faults import Faults
-from openaifs.server.settings import (
-    MAX_FILE_BYTES,
-    MAX_PAGE_SIZE,
-    MAX_PART_BYTES,
-    MAX_UPLOAD_BYTES,
-    Settings,
-)
+from openaifs.server.flags import settings_from_args
 from openaifs.server.state import ServerState
 from openaifs.server.storage import Storage
 
@@ -47,73 +41,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 SHUTDOWN_GRACE = 3  # seconds for in-flight requests (e.g. a long download) before connections are cut
-
-DESCRIPTION = f"""\
-Run a local server that speaks the OpenAI Files and Uploads API (/v1/files, /v1/uploads) with
-the hosted API's ids, pagination, errors, limits and quirks, storing files under --data.
-
-The hosted API's quirks are on by default: downloads of purposes 'assistants' and 'user_data' are
-refused (400), and 'batch' / 'fine-tune' uploads must be JSONL. Loopback clients can inject faults
-and read request counters through /_admin/* (see docs/INTERNALS.md).
-
-The API key clients must send is read from ${SERVER_KEY_VARIABLE} or --api-key-file; without one
-any bearer (or none) is accepted.
-"""
-
-EXAMPLES = """\
-examples:
-  openaifs serve --port 8080 --data ~/.local/share/openaifs-server
-  OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=sk-local openaifs mount ~/openai
-  openaifs serve --port 0 --no-range --allow-all-downloads     # prints the URL it listens on
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="TCP port; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="data directory (default: a temporary one removed at exit)")
-    parser.add_argument("--api-key-file", metavar="FILE",
-                        help=f"file holding the API key clients must send (else ${SERVER_KEY_VARIABLE})")
-    parser.add_argument("--no-range", action="store_true", help="ignore Range headers (always answer 200)")
-    parser.add_argument("--allow-all-downloads", action="store_true",
-                        help="serve content of every purpose (the hosted API refuses assistants, user_data)")
-    parser.add_argument("--no-validate-jsonl", action="store_true",
-                        help="accept non-JSONL content for purposes batch and fine-tune")
-    _size_flag(parser, "--max-file-bytes", MAX_FILE_BYTES, "largest POST /files upload")
-    _size_flag(parser, "--max-part-bytes", MAX_PART_BYTES, "largest upload part")
-    _size_flag(parser, "--max-upload-bytes", MAX_UPLOAD_BYTES, "largest total of one Upload")
-    _size_flag(parser, "--max-page-size", MAX_PAGE_SIZE, "most files per list page (caps `limit`)")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["critical", "error", "warning", "info", "debug"],
-                        help="log verbosity on stderr (default: %(default)s)")
-
-
-def _size_flag(parser: argparse.ArgumentParser, flag: str, default: int, what: str) -> None:
-    parser.add_argument(flag, type=_positive_int, default=default, metavar="N",
-                        help=f"{what} (default: {default})")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(
-        max_file_bytes=args.max_file_bytes,
-        max_part_bytes=args.max_part_bytes,
-        max_upload_bytes=args.max_upload_bytes,
-        max_page_size=args.max_page_size,
-        refuse_downloads=[] if args.allow_all_downloads else list(Settings().refuse_downloads),
-        validate_jsonl=not args.no_validate_jsonl,
-    )
 
 
 def run(args: argparse.Namespace) -> int:

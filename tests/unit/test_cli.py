@@ -221,3 +221,12 @@ def test_readme_configuration_lists_every_variable() -> None:
     assert "OPENAI_API_KEY" in variables
     missing = sorted(v for v in variables if f"`{v}`" not in table)
     assert not missing, f"variables missing from README's configuration: {missing}"
+
+
+def test_mount_start_up_does_not_import_the_server() -> None:
+    """The parser has the serve flags, but uvicorn and Starlette load only when serving: a mount
+    would otherwise spend tens of milliseconds of every cold start importing them."""
+    probe = ("import sys; from openaifs import cli; cli.build_parser().parse_args(['mount', '/mnt']); "
+             "print(sorted(m for m in ('uvicorn', 'starlette', 'openaifs.server.app') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
