@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ import trio
 from openaifs.client import FileRecord
 from openaifs.config import KNOWN_PURPOSES
 from openaifs.errors import NotFoundError, OpenAIFSError
-from openaifs.naming import assign_names, link_name, purpose_dir_name
+from openaifs.naming import assign_names, base_name, bracketed, link_name, order_key, pick_name, purpose_dir_name
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class Attr:
 class _Dir:
     node: Node
     names: dict[str, int] = field(default_factory=dict)  # entry name -> inode
+    # For naming one file without renaming the others (purpose directories only): the base name
+    # each file named by the rules asks for, how many ask for each, and the newest one's order key.
+    base_of: dict[int, str] = field(default_factory=dict)  # inode -> base name
+    asking: Counter[str] = field(default_factory=Counter)
+    newest: tuple[int, str] | None = None
 
 
 Lister = Callable[[], Awaitable[list[FileRecord]]]
@@ -222,6 +228,10 @@ class Namespace:
         self._quiet_until = None
 
     # -- names ----------------------------------------------------------------------------------
+    # A listing names whole directories (_rebuild). A change of this mount (an upload, a close, an rm,
+    # a rename) names only what the rules make it change, usually just its own entry (_place): an rm
+    # or upload in a directory of 100,000 files must not walk all of them while every request waits.
+
     def _rebuild(self, purposes: Iterable[str]) -> None:
         """Recompute the names of the given purpose directories and the .by-id links."""
         purposes = set(purposes)
@@ -240,17 +250,81 @@ class Namespace:
     def _rebuild_dir(self, d: _Dir, recs: list[FileRecord]) -> None:
         # Files open for writing keep the entry their writer made, whatever their record says.
         pending = {name: ino for name, ino in d.names.items() if self._nodes[ino].pending is not None}
-        names = assign_names(recs, reserved=pending)
+        bases: dict[str, str] = {}
+        names = assign_names(recs, reserved=pending, bases=bases)
         new: dict[str, int] = dict(pending)
+        base_of: dict[int, str] = {}
         for r in recs:
             node = self._file_node(r)
             node.record, node.purpose, node.name, node.removed = r, r.purpose, names[r.id], False
             new[node.name] = node.inode
+            base_of[node.inode] = bases[r.id]
         if new != d.names:
             for name, ino in d.names.items():
                 if new.get(name) != ino:
                     self._invalidate(d.node.inode, name, 0)
             d.names = new
+        d.base_of = base_of
+        d.asking = Counter(base_of.values())
+        # assign_names fills ``bases`` oldest first: the last one is the newest file.
+        d.newest = order_key(self._records[next(reversed(bases))]) if bases else None
+
+    def _place(self, d: _Dir, node: Node, record: FileRecord | None, deleted: bool = False) -> None:
+        """Give ``node`` the entry the rules give ``record`` in ``d``, or none (``record`` None), and
+        rename whatever else that renames. ``record`` must be in the records, ``node`` not open for
+        writing. Without a whole rebuild when (nearly always) the rules rename nothing else:
+
+        * an entry leaving frees its name, which matters only to a file asking for exactly that
+          name, or to one whose id-suffixed name it could be (:meth:`_may_be_suffixed`);
+        * an entry arriving changes nothing older, since older files choose first: when it is the
+          newest (an upload, nearly always), it just takes the name the rules give it now.
+        """
+        old = node.name if node.name and d.names.get(node.name) == node.inode else None
+        if old is not None:
+            del d.names[old]
+        base = d.base_of.pop(node.inode, None)
+        if base is not None:
+            d.asking[base] -= 1
+            if not d.asking[base]:
+                del d.asking[base]
+        others_keep_their_names = old is None or (old not in d.asking and not self._may_be_suffixed(old))
+        new = None
+        if record is not None:
+            key = order_key(record)
+            if others_keep_their_names and (d.newest is None or key > d.newest):
+                base = base_name(record)
+                new = pick_name(base, record.id, d.names)
+                d.names[new] = node.inode
+                d.base_of[node.inode] = base
+                d.asking[base] += 1
+                d.newest = key
+                node.name, node.purpose, node.removed = new, record.purpose, False
+            else:
+                others_keep_their_names = False
+        if old is not None and old != new:
+            self._invalidate(d.node.inode, old, node.inode if deleted else 0)
+        if not others_keep_their_names:
+            self._rebuild_whole(d)
+
+    def _rebuild_whole(self, d: _Dir) -> None:
+        purpose = d.node.purpose
+        self._rebuild_dir(d, [r for r in self._records.values()
+                              if r.purpose == purpose and not self._is_open_for_writing(r.id)])
+
+    def _may_be_suffixed(self, name: str) -> bool:
+        """Whether a file's name with its id inserted could be ``name``: the text in some `` (…)`` of
+        it is a file's id, or an id made safe (``~`` and a hash). ``report (1).pdf`` is not."""
+        return any("~" in text or text in self._records for text in bracketed(name))
+
+    def _move_entry(self, node: Node, record: FileRecord | None, deleted: bool = False) -> None:
+        """:meth:`_place` across directories: ``node`` leaves its directory, and is named in that of
+        ``record`` (if any)."""
+        home = self._purpose_inode.get(node.purpose or "")
+        there = self._purpose_dir(record.purpose) if record is not None else None
+        if home is not None and (there is None or home != there.node.inode):
+            self._place(self._dirs[home], node, None, deleted)
+        if there is not None:
+            self._place(there, node, record)
 
     def _rebuild_byid(self) -> None:
         d = self._dirs[self.byid_inode]
@@ -260,17 +334,33 @@ class Namespace:
         for name in gone:
             self._nodes[d.names.pop(name)].removed = True
             self._invalidate(d.node.inode, name, 0)
-        for fid, r in self._records.items():
-            inode = self._link_inode.get(fid)
-            if inode is None:  # named once, like the inode: the id itself, or a safe form of it
-                inode = self._new_node(Kind.LINK, name=link_name(fid, d.names)).inode
-                self._link_inode[fid] = inode
-            link = self._nodes[inode]
-            link.record, link.purpose, link.removed = r, r.purpose, False
-            if d.names.get(link.name) != inode:
-                if link.name in d.names:  # back after a removal, and a hostile id took its name meanwhile
-                    link.name = link_name(fid, d.names)
-                d.names[link.name] = inode
+        for r in self._records.values():
+            self._link(r)
+
+    def _link(self, r: FileRecord) -> None:
+        """The .by-id link of ``r`` (made once per id, like the file's inode), in place."""
+        d = self._dirs[self.byid_inode]
+        inode = self._link_inode.get(r.id)
+        if inode is None:  # named once, like the inode: the id itself, or a safe form of it
+            inode = self._new_node(Kind.LINK, name=link_name(r.id, d.names)).inode
+            self._link_inode[r.id] = inode
+        link = self._nodes[inode]
+        link.record, link.purpose, link.removed = r, r.purpose, False
+        if d.names.get(link.name) != inode:
+            if link.name in d.names:  # back after a removal, and a hostile id took its name meanwhile
+                link.name = link_name(r.id, d.names)
+            d.names[link.name] = inode
+
+    def _unlink(self, file_id: str) -> None:
+        d = self._dirs[self.byid_inode]
+        inode = self._link_inode.get(file_id)
+        if inode is None:
+            return
+        link = self._nodes[inode]
+        link.removed = True
+        if d.names.get(link.name) == inode:
+            del d.names[link.name]
+            self._invalidate(d.node.inode, link.name, 0)
 
     def _file_node(self, r: FileRecord) -> Node:
         inode = self._file_inode.get(r.id)
@@ -374,24 +464,33 @@ class Namespace:
         rename re-uploads it under a new name or purpose. The inode may take the new id because
         its bytes are exactly those the kernel already has for it (keep_cache stays valid).
         """
-        purposes = {record.purpose}
-        if node.record is not None and node.record.id != record.id:  # the old id goes
-            purposes.add(node.record.purpose)
-            self._tombstones.add(node.record.id)
-            self._records.pop(node.record.id, None)
+        old = node.record
+        if old is not None and old.id != record.id:  # the old id goes
+            self._tombstones.add(old.id)
+            self._records.pop(old.id, None)
+            self._unlink(old.id)
+        stale = self._file_inode.get(record.id)
         self._file_inode[record.id] = node.inode
         self._records[record.id] = record
         self._totals = None
         self._local_since[record.id] = self._clock()
         node.record = record
+        self._link(record)
+        if stale is not None and stale != node.inode:
+            # A listing showed this upload before its answer came back (a retried upload found
+            # stored): that entry was this very file, under a name the writer's name pushed aside.
+            self._move_entry(self._nodes[stale], None)
+            self._nodes[stale].removed = True
+        if node.pending is None:  # an uploaded file renamed: named by the rules in its new place
+            self._move_entry(node, record)
+        # Still open for writing, it keeps its writer's entry until writers_done.
         node.purpose = record.purpose
-        self._rebuild(purposes)
 
     def writers_done(self, node: Node) -> None:
         """The last writer closed: the file is named by the rules again, like any uploaded file."""
         node.pending = None
         if node.record is not None:
-            self._rebuild({node.purpose or node.record.purpose, node.record.purpose})
+            self._move_entry(node, node.record)
 
     def remove(self, node: Node) -> None:
         """Drop an entry at once (unlink done, or a failed upload); the inode lives until forget."""
@@ -399,27 +498,25 @@ class Namespace:
             self._tombstones.add(node.record.id)
             self._records.pop(node.record.id, None)
             self._totals = None
-        parent = self._purpose_inode.get(node.purpose or "")
-        if parent is not None:
-            d = self._dirs[parent]
-            if d.names.get(node.name) == node.inode:
-                del d.names[node.name]
-                self._invalidate(parent, node.name, node.inode)  # the kernel may still cache it
+            self._unlink(node.record.id)
+        self._move_entry(node, None, deleted=True)
         node.removed = True
-        if node.record is not None:
-            self._rebuild({node.record.purpose})
         self.forget(node.inode, 0)
 
     def rename_pending(self, node: Node, new_parent: int, new_name: str) -> None:
-        old = self._dirs[self._purpose_inode[node.purpose or ""]]
-        if old.names.get(node.name) == node.inode:
-            del old.names[node.name]
+        """A file open for writing moved; the kernel already shows it under ``new_name``, and a file
+        open for writing keeps the name its writer gave it."""
+        self._move_entry(node, None)
         purpose = self.purpose_of_dir(new_parent)
         assert purpose is not None
         node.purpose, node.name = purpose, new_name
-        new = self._dirs[new_parent]
-        new.names[new_name] = node.inode
-
+        d = self._dirs[new_parent]
+        holder = d.names.get(new_name)
+        d.names[new_name] = node.inode
+        if holder is not None and holder != node.inode:
+            # Removing the file it replaced handed the name to a namesake (duplicate filenames): the
+            # namesake is named again, around the writer's name.
+            self._rebuild_whole(d)
 
 
 # Attributes travel as signed 64-bit numbers (sizes, and times in ns): a server's absurd ``bytes`` or

@@ -24,8 +24,9 @@ This module must stay pure: no I/O, no clock, no state.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Protocol
 
 NAME_MAX = 255  # bytes, as the kernel (and every Linux filesystem) allows per path component
@@ -124,28 +125,62 @@ def with_id(name: str, file_id: str) -> str:
     return _cut(stem, room) + suffix + ext
 
 
-def assign_names(files: Iterable[Named], reserved: Iterable[str] = ()) -> dict[str, str]:
+def base_name(f: Named) -> str:
+    """The name a file asks for: its filename made safe, or its id when the filename is empty."""
+    return sanitize(f.filename, "") or safe_id(f.id, NAME_MAX)
+
+
+# Files choose names in this order: oldest first, then by id. (attrgetter: a C call, as sort keys of
+# 100,000 files add up.)
+order_key: Callable[[Named], tuple[int, str]] = operator.attrgetter("created_at", "id")
+
+
+def pick_name(base: str, file_id: str, used: Container[str]) -> str:
+    """The name a file asking for ``base`` gets when ``used`` are taken: ``base`` itself if free and
+    short enough, else ``base`` with the file's id inserted (:func:`with_id`)."""
+    if len(base.encode()) <= NAME_MAX and base not in used:
+        return base
+    name = with_id(base, file_id)
+    n = 2
+    while name in used:  # only hostile names (one quoting another file's id) get here
+        name = with_id(base, f"{file_id}~{n}")
+        n += 1
+    return name
+
+
+def bracketed(name: str) -> list[str]:
+    """Every text between a `` (`` and a later ``)`` in ``name``: the id of any name :func:`pick_name`
+    made with an id in it is among them (as :func:`safe_id` made it)."""
+    out = []
+    start = name.find(" (")
+    while start >= 0:
+        end = name.find(")", start + 2)
+        while end >= 0:
+            out.append(name[start + 2 : end])
+            end = name.find(")", end + 1)
+        start = name.find(" (", start + 1)
+    return out
+
+
+def assign_names(
+    files: Iterable[Named], reserved: Iterable[str] = (), bases: dict[str, str] | None = None
+) -> dict[str, str]:
     """Map each file id to its unique directory entry name.
 
     ``reserved`` holds names already taken by entries that are not API files (files still being
     written); API files never take them. Oldest files choose first, so a newer file never changes
-    an older file's name.
+    an older file's name. ``bases``, when given, is filled with each file's :func:`base_name`.
     """
     used = set(reserved)
     names: dict[str, str] = {}
-    ordered: Sequence[Named] = sorted(files, key=lambda f: (f.created_at, f.id))
+    ordered: Sequence[Named] = sorted(files, key=order_key)
     for f in ordered:
-        base = sanitize(f.filename, "") or safe_id(f.id, NAME_MAX)  # an empty filename: the id
-        if len(base.encode()) <= NAME_MAX and base not in used:
-            name = base
-        else:
-            name = with_id(base, f.id)
-            n = 2
-            while name in used:  # only hostile names (one quoting another file's id) get here
-                name = with_id(base, f"{f.id}~{n}")
-                n += 1
+        base = sanitize(f.filename, "") or safe_id(f.id, NAME_MAX)  # base_name and pick_name, inline: hot
+        name = base if base not in used and len(base.encode()) <= NAME_MAX else pick_name(base, f.id, used)
         used.add(name)
         names[f.id] = name
+        if bases is not None:
+            bases[f.id] = base
     return names
 
 
