@@ -225,9 +225,14 @@ class Downloader:
             ahead_end = self._covered_run_end(fetch_end)
 
     def launch_required(self, state: ReadState, start: int, end: int, purpose: str) -> None:
-        """Claim every uncovered byte of ``[start, end)``, rounding each fetch up to the chunk size."""
+        """Claim every uncovered byte of ``[start, end)``, rounding each fetch up to the chunk size,
+        and up to the next covered byte (or the end of the file) when less than ``chunk_min`` would
+        be left: a request costs more than that many bytes (a 1 MiB file is one request, not two)."""
         for a, b in self._uncovered(start, end):
-            fetch_end = min(max(b, a + state.chunk), self._next_covered(a))
+            limit = self._next_covered(a)
+            fetch_end = min(max(b, a + state.chunk), limit)
+            if limit - fetch_end < self.settings.chunk_min:
+                fetch_end = limit
             self._start_fetch(a, fetch_end, purpose, [(a, fetch_end)])
 
     def _start_stream(self, purpose: str) -> None:

@@ -77,6 +77,22 @@ async def test_open_fetches_nothing_and_a_read_fetches_a_small_first_chunk(tmp_p
         await content.release(handle)
 
 
+async def test_a_small_file_is_one_request_and_a_big_one_starts_small(tmp_path: Path) -> None:
+    """A request costs more than a MiB of bytes: a file whose rest after the first chunk is under
+    ``chunk_min`` comes in one request; a bigger file's first read still fetches 128 KiB only."""
+    small, big = pattern(MiB + 100 * KiB, seed=1), pattern(3 * MiB, seed=2)
+    client = FakeClient({"small": small, "big": big})
+    async with content_for(tmp_path, client) as content:
+        handle = await content.open("small", len(small), "vision")
+        assert await read_all(content, handle, 128 * KiB) == small
+        await content.release(handle)
+        assert client.requests == [("small", 0, len(small))]
+        handle = await content.open("big", len(big), "vision")
+        assert await content.read(handle, 0, 4096) == big[:4096]
+        assert client.requests[1:] == [("big", 0, 128 * KiB)]
+        await content.release(handle)
+
+
 async def test_eof_clipping_and_empty_files(tmp_path: Path) -> None:
     data = pattern(1000)
     client = FakeClient({"f": data, "empty": b""})
