@@ -68,6 +68,9 @@ class ClientConfig:
     part_concurrency: int = 4
     # The largest page the list endpoint serves.
     list_page_size: int = 10000
+    # A file written in order starts uploading once it holds this much (uploads.py): below it the
+    # overlap saves little, and every stream holds a connection while its file is written.
+    stream_upload_from: int = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ _ENV_KNOBS: tuple[tuple[str, str, type], ...] = (
     ("OPENAIFS_TOTAL_DEADLINE", "total_deadline", float),
     ("OPENAIFS_CONNECT_TIMEOUT", "connect_timeout", float),
     ("OPENAIFS_READ_TIMEOUT", "read_timeout", float),
+    ("OPENAIFS_STREAM_UPLOAD_FROM", "stream_upload_from", int),
 )
 
 
@@ -146,7 +150,9 @@ def client_config_from_env(
     #   OPENAIFS_MAX_ATTEMPTS  attempts per logical call (>= 1);
     #   OPENAIFS_TOTAL_DEADLINE, OPENAIFS_CONNECT_TIMEOUT, OPENAIFS_READ_TIMEOUT  seconds (> 0): how long
     #       a caller waits for an unreachable or silent server (the reliability tests lower them so
-    #       "server gone" fails in seconds, not minutes).
+    #       "server gone" fails in seconds, not minutes);
+    #   OPENAIFS_STREAM_UPLOAD_FROM  bytes a file written in order holds before it starts uploading
+    #       while still being written; above the single upload limit it never does.
     for name, attr, kind in _ENV_KNOBS:
         raw = env.get(name, "").strip()
         if raw:

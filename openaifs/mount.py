@@ -205,6 +205,7 @@ async def serve(
             return 1
         async with trio.open_nursery() as nursery:
             content = Content(client, store, nursery)
+            spool.enable_streaming(nursery, start_at=ccfg.stream_upload_from, max_bytes=ccfg.single_upload_limit)
             ops = Operations(ns, content, spool, client, mcfg)
             try:
                 pyfuse3.init(ops, str(mcfg.mountpoint), fuse_options(mcfg))

@@ -40,6 +40,15 @@ Names in ``failed-uploads/``: ``20251128T052100Z_9f2c4e1a_requests.jsonl`` and
 extension. The token makes both names unique, so no failure can overwrite another's bytes, and no
 filename can escape the directory.
 
+Uploading while writing: a file written strictly in order from its first byte (``cp``, ``cat >``,
+``rsync``) starts uploading once it holds ``stream_from`` bytes, in a request whose body follows the
+writes (chunked, see :class:`_Stream`), so the upload overlaps the writing instead of following it.
+Its flush then only finishes that request. The result is taken only if the file, at that flush, is
+exactly what was streamed; anything else (a write elsewhere, a truncate, a rename, the single-request
+limit reached, an unlink) abandons the stream (the server gets a cut-off request, which stores
+nothing) and the flush uploads the usual way. A stream that failed counts as an earlier attempt of
+that upload, so one that may have created the file is looked for before anything is sent again.
+
 Two mounts may share one cache directory, so each ``UploadSpool`` writes into its own session
 directory under ``spool/`` and holds an ``flock`` on its ``.lock`` for its lifetime; ``recover``
 only takes over session directories whose lock nobody holds.
@@ -57,14 +66,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
 from openaifs import naming
+from openaifs.client import EarlierAttempt, FileRecord
+from openaifs.client.multipart import CHUNK
+from openaifs.client.transport import Failure
 from openaifs.config import SERVER_ONLY_PURPOSES
 from openaifs.errors import (
     FileTooLargeError,
+    LocalFileError,
     NotFoundError,
     OpenAIFSError,
     ServerOnlyPurposeError,
@@ -72,9 +85,6 @@ from openaifs.errors import (
     errno_for,
 )
 from openaifs.progress import Progress
-
-if TYPE_CHECKING:
-    from openaifs.client import FileRecord
 
 SPOOL_DIR = "spool"
 FAILED_DIR = "failed-uploads"
@@ -84,6 +94,8 @@ DEFAULT_MAX_FILE_BYTES = 8 * 10**9
 _DATA = ".data"
 _SIDECAR = ".json"
 _LOCK = ".lock"
+# Streams (uploads while writing) at once: each holds a connection for as long as its file is written.
+MAX_STREAMS = 2
 
 Adopt = Callable[["FileRecord", Path], None]
 
@@ -99,9 +111,65 @@ class UploadClient(Protocol):
         *,
         expires_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        earlier: EarlierAttempt | None = None,
     ) -> FileRecord: ...
 
+    async def upload_streaming(self, filename: str, purpose: str, file: Any) -> FileRecord | Failure: ...
+
     async def delete(self, file_id: str) -> None: ...
+
+
+class _Stream:
+    """The upload of a file still being written (module docstring): its request sends the spool's
+    bytes ``[0, fed)`` as they are written, and ends when ``finish`` is called at the flush."""
+
+    def __init__(self, fd: int, fed: int) -> None:
+        self.fd = fd  # its own read-only descriptor of the spool file, closed by the stream's task
+        self.fed = fed
+        self.finished = False
+        self.abandoned = False
+        self.started = time.time()
+        self.wake = trio.Event()
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+        self.outcome: FileRecord | Failure | None = None  # None: cut off, or it could not start
+
+    def more(self, fed: int) -> None:
+        self.fed = fed
+        self.wake.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self.wake.set()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.scope.cancel()
+
+
+class _StreamFeed:
+    """A stream's file bytes for the request body. A class, not an async generator: see multipart.py."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self._stream = stream
+        self._pos = 0
+
+    def __aiter__(self) -> _StreamFeed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        s = self._stream
+        while self._pos >= s.fed:
+            if s.finished:
+                raise StopAsyncIteration
+            s.wake = trio.Event()
+            await s.wake.wait()
+        # Just written, so in the page cache: read here, like the writes themselves.
+        data = os.pread(s.fd, min(CHUNK, s.fed - self._pos), self._pos)
+        if not data:
+            raise LocalFileError(f"the spool file ended at byte {self._pos} of the {s.fed} written")
+        self._pos += len(data)
+        return data
 
 
 @dataclass(eq=False)
@@ -126,6 +194,9 @@ class PendingFile:
     _lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
     _committing: bool = False
     _failure: UploadError | None = field(default=None, repr=False)
+    # Written so far only by appends from byte 0, and never streamed: it may still start a stream.
+    streamable: bool = True
+    stream: _Stream | None = field(default=None, repr=False)
     # release() arrived while a commit was in flight; the commit finishes the release.
     _deferred_release: tuple[Adopt | None] | None = field(default=None, repr=False)
 
@@ -143,6 +214,7 @@ class UploadStats:
     uploaded: int = 0
     bytes_uploaded: int = 0
     failed: int = 0
+    streamed: int = 0  # uploads that overlapped the writing
 
 
 class UploadSpool:
@@ -171,6 +243,17 @@ class UploadSpool:
         self._idle = trio.Event()
         self._idle.set()
         self.stats = UploadStats()
+        self._nursery: trio.Nursery | None = None
+        self._stream_from = 0
+        self._stream_max = 0
+        self._streams = 0
+
+    def enable_streaming(self, nursery: trio.Nursery, *, start_at: int, max_bytes: int) -> None:
+        """Upload files while they are written (module docstring): from ``start_at`` bytes (0: never),
+        up to ``max_bytes`` (what one request may carry)."""
+        self._nursery = nursery
+        self._stream_from = start_at
+        self._stream_max = max_bytes
 
     # -- the handle's life ----------------------------------------------------------------------
     def create(self, filename: str, purpose: str) -> PendingFile:
@@ -194,6 +277,7 @@ class UploadSpool:
         end = offset + len(data)
         if end > self.max_file_bytes:
             raise FileTooLargeError(self._too_large(pf, end))
+        appending = offset == pf.size
         view = memoryview(data)
         pos = offset
         while view:  # pwrite on a regular file writes everything or raises, but never trust it
@@ -202,6 +286,15 @@ class UploadSpool:
         if data:
             pf.size = max(pf.size, end)
         self._touch(pf)
+        if not appending:
+            self._abandon(pf, "written out of order")
+        elif pf.stream is not None:
+            if end <= self._stream_max:
+                pf.stream.more(end)
+            else:
+                self._abandon(pf, "too big for one request")
+        elif pf.streamable and self._stream_from and end >= self._stream_from:
+            self._start_stream(pf)
         return len(data)
 
     def read(self, pf: PendingFile, offset: int, size: int) -> bytes:
@@ -216,6 +309,7 @@ class UploadSpool:
         os.ftruncate(pf.fd, size)
         pf.size = size
         self._touch(pf)
+        self._abandon(pf, "truncated")
 
     async def commit(self, pf: PendingFile) -> FileRecord | None:
         """Upload if dirty (flush, fsync). None when there was nothing to do.
@@ -237,6 +331,7 @@ class UploadSpool:
         _check_purpose(purpose)
         if (pf.filename, pf.purpose) == (filename, purpose):
             return
+        self._abandon(pf, "renamed")  # its request carries the old name
         pf.filename, pf.purpose = filename, purpose
         if pf.discarded or pf.failed:
             return
@@ -251,6 +346,7 @@ class UploadSpool:
         A commit in flight finishes first and then deletes what it uploaded. Preserved bytes of a
         failed upload are never discarded.
         """
+        self._abandon(pf, "deleted")
         record, pf.record = pf.record, None
         pf.discarded = True
         pf.dirty = False
@@ -329,15 +425,28 @@ class UploadSpool:
 
     async def _upload(self, pf: PendingFile) -> FileRecord | None:
         generation, filename, purpose, size = pf._generation, pf.filename, pf.purpose, pf.size
+        stream, pf.stream = pf.stream, None
+        if stream is not None and stream.fed != size:  # cannot happen (every write feeds it); be safe
+            stream.abandon()
+            stream = None
         self._busy(+1)
         pf._committing = True
         try:
             try:
+                if stream is not None:
+                    stream.finish()  # first: the request's last bytes go out while the disk syncs
                 # On disk before the network: if the mount dies mid-upload, recover() finds the bytes.
                 await trio.to_thread.run_sync(os.fsync, pf.fd)
-                progress = Progress(f"uploading {purpose}/{filename}", size)
-                record = await self._client.upload(pf.spool_path, filename, purpose, progress=progress)
-                progress.finish()
+                record = await self._streamed(stream, size, filename, purpose) if stream is not None else None
+                if record is None:
+                    progress = Progress(f"uploading {purpose}/{filename}", size)
+                    earlier = None if stream is None else EarlierAttempt(
+                        stream.started, isinstance(stream.outcome, Failure) and stream.outcome.reached)
+                    record = await self._client.upload(pf.spool_path, filename, purpose, progress=progress,
+                                                       earlier=earlier)
+                    progress.finish()
+                    if stream is not None:
+                        self._refused_streaming(stream.outcome)
             except Exception as exc:
                 # Also when the file was truncated under the upload (the client then refuses it):
                 # reporting success for a flush whose bytes never arrived would be a lie.
@@ -349,6 +458,70 @@ class UploadSpool:
             if pf._deferred_release is not None:
                 (adopt,) = pf._deferred_release
                 self._finish(pf, adopt)
+
+    async def _streamed(self, stream: _Stream, size: int, filename: str, purpose: str) -> FileRecord | None:
+        """A finished stream's record when it uploaded exactly this file, else None (then the caller
+        uploads the usual way)."""
+        await stream.done.wait()
+        outcome = stream.outcome
+        if isinstance(outcome, FileRecord):
+            if (outcome.bytes, outcome.filename, outcome.purpose) == (size, filename, purpose):
+                self.stats.streamed += 1
+                return outcome
+            self._log.error("the upload of %r streamed while writing came back as %s (%d bytes, %r in %s); "
+                            "uploading again", filename, outcome.id, outcome.bytes, outcome.filename, outcome.purpose)
+            await self._delete(outcome, "it did not match the file")
+        elif isinstance(outcome, Failure):
+            self._log.info("the upload of %r while writing failed (%s); uploading again", filename,
+                           outcome.describe())
+        return None
+
+    def _refused_streaming(self, outcome: FileRecord | Failure | None) -> None:
+        """A streamed attempt got a 4xx, and the same bytes then went up in one piece: this server
+        does not take chunked uploads (the hosted API's stance is unknown). Stop streaming."""
+        if (isinstance(outcome, Failure) and outcome.status is not None and 400 <= outcome.status < 500
+                and outcome.status not in (408, 409, 429)):  # those say "later", not "not like this"
+            self._log.warning("the server refused an upload sent while its file was written (%s) but took the "
+                              "finished file: files are uploaded after they are written from now on",
+                              outcome.describe())
+            self._stream_from = 0
+
+    def _start_stream(self, pf: PendingFile) -> None:
+        pf.streamable = False  # one stream per file: if it fails, the flush uploads the usual way
+        if (self._nursery is None or self._streams >= MAX_STREAMS or pf.size > self._stream_max
+                or pf.record is not None or pf._committing or pf.failed or pf.discarded):
+            return
+        try:
+            fd = os.open(pf.spool_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._log.warning("cannot upload %r while it is written: %s", pf.filename, exc)
+            return
+        stream = pf.stream = _Stream(fd, pf.size)
+        self._streams += 1
+        self._nursery.start_soon(self._run_stream, stream, pf.filename, pf.purpose,
+                                 name=f"upload {pf.purpose}/{pf.filename} while written")
+
+    async def _run_stream(self, stream: _Stream, filename: str, purpose: str) -> None:
+        try:
+            with stream.scope:
+                stream.outcome = await self._client.upload_streaming(filename, purpose, _StreamFeed(stream))
+            if stream.abandoned and isinstance(stream.outcome, FileRecord):  # answered just as it was cut
+                await self._delete(stream.outcome, "its file changed while it was uploaded")
+                stream.outcome = None
+        except Exception:  # a background task must not end the mount; the flush uploads anyway
+            self._log.exception("uploading %r while it was written failed", filename)
+            stream.outcome = None
+        finally:
+            os.close(stream.fd)
+            self._streams -= 1
+            stream.done.set()
+
+    def _abandon(self, pf: PendingFile, why: str) -> None:
+        pf.streamable = False
+        stream, pf.stream = pf.stream, None
+        if stream is not None:
+            self._log.debug("stopped uploading %r while it was written: %s", pf.filename, why)
+            stream.abandon()
 
     def _failed(self, pf: PendingFile, exc: Exception, filename: str, purpose: str) -> None:
         if pf.discarded:  # unlinked meanwhile: nobody wants these bytes any more
@@ -392,6 +565,7 @@ class UploadSpool:
             )
 
     def _finish(self, pf: PendingFile, adopt: Adopt | None) -> None:
+        self._abandon(pf, "closed without a flush")
         pf.released = True
         pf._deferred_release = None
         self._files.discard(pf)

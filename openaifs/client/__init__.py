@@ -6,8 +6,8 @@ budget, ``retry.py`` the pure retry policy, ``multipart.py`` request bodies stre
 ``openaifs.config`` and ``openaifs.errors`` from the rest of openaifs.
 """
 
-from openaifs.client.files import FilesClient
+from openaifs.client.files import EarlierAttempt, FilesClient
 from openaifs.client.records import ClientStats, FileRecord
 from openaifs.client.retry import retry_decision
 
-__all__ = ["ClientStats", "FileRecord", "FilesClient", "retry_decision"]
+__all__ = ["ClientStats", "EarlierAttempt", "FileRecord", "FilesClient", "retry_decision"]

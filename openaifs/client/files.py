@@ -30,6 +30,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import trio
 from openaifs.client.multipart import (
     BytesBody,
     FileSlice,
+    GrowingMultipartBody,
     MultipartBody,
     guess_mime_type,
     md5_of_fd,
@@ -348,12 +350,15 @@ class FilesClient:
         *,
         expires_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        earlier: EarlierAttempt | None = None,
     ) -> FileRecord:
         """Upload the local file at ``path`` as ``filename`` with ``purpose``; the new FileRecord.
 
         ``progress(n)`` is called with the number of the file's bytes sent so far; it goes back
         when a request (or part) is retried. ``expires_after`` is seconds after creation. Uploads
         of the same purpose, filename and size through one client run one after the other.
+        ``earlier`` is a failed attempt made outside this call (:meth:`upload_streaming`): if it may
+        have created the file, the file is looked for before anything is sent again.
         """
         try:
             fd = await trio.to_thread.run_sync(os.open, os.fspath(path), os.O_RDONLY | os.O_CLOEXEC)
@@ -363,8 +368,11 @@ class FilesClient:
             size = os.fstat(fd).st_size
             async with self._one_at_a_time((purpose, filename, size)):
                 job = _UploadJob(Path(path), fd, size, filename, purpose, expires_after, _Progress(progress))
+                look_first = earlier is not None and earlier.reached
+                if earlier is not None:
+                    job.started = min(job.started, earlier.started)
                 if size <= self._config.single_upload_limit:
-                    record = await self._upload_single(job)
+                    record = await self._upload_single(job, look_first)
                 else:
                     record = await self._upload_parts(job)
                 self._claimed.add(record.id)
@@ -386,13 +394,30 @@ class FilesClient:
             else:
                 self._same_upload_locks[key] = (lock, users - 1)
 
-    async def _upload_single(self, job: _UploadJob) -> FileRecord:
-        fields = [("purpose", job.purpose)]
-        if job.expires_after is not None:
-            fields += [
-                ("expires_after[anchor]", "created_at"),
-                ("expires_after[seconds]", str(job.expires_after)),
-            ]
+    async def upload_streaming(
+        self, filename: str, purpose: str, file: AsyncIterator[bytes], *, expires_after: int | None = None
+    ) -> FileRecord | Failure:
+        """One attempt at ``POST /files`` whose file bytes are ``file``'s, sent as they come: a file
+        is uploaded while it is still being written (uploads.py). Chunked, as its length is not known
+        when it starts. No retries: the caller checks the record (its ``bytes``), and on a Failure
+        uploads the finished file with :meth:`upload`, passing the failure as ``earlier``.
+        ``file`` must be a class-based async iterator (see multipart.py)."""
+        started = time.time()
+        fields = _single_fields(purpose, expires_after)
+        body = GrowingMultipartBody(fields, "file", filename, part_content_type(filename), file)
+        result = await self._attempt(CREATE, "upload", "POST", "/files", body=lambda: body)
+        if isinstance(result, Failure):
+            return result
+        try:
+            record = FileRecord.from_json(_json(result, "file object"))
+        except OpenAIFSError as exc:  # a 2xx we cannot read: it may well have created the file
+            return Failure(CREATE, "upload", message=str(exc), reached=True)
+        self._claimed.add(record.id)
+        log.debug("streamed upload of %r to %s took %.2f s", filename, purpose, time.time() - started)
+        return record
+
+    async def _upload_single(self, job: _UploadJob, look_first: bool = False) -> FileRecord:
+        fields = _single_fields(job.purpose, job.expires_after)
         sent = [0]
 
         def body() -> MultipartBody:
@@ -412,7 +437,7 @@ class FilesClient:
                 on_bytes,
             )
 
-        response = await self._call_no_duplicate(CREATE, "upload", job, "/files", body=body)
+        response = await self._call_no_duplicate(CREATE, "upload", job, "/files", body=body, look_first=look_first)
         if isinstance(response, FileRecord):
             return response
         return FileRecord.from_json(_json(response, "file object"))
@@ -534,14 +559,16 @@ class FilesClient:
         body: Callable[[], MultipartBody] | None = None,
         json: Any = None,
         file_id: str | None = None,
+        look_first: bool = False,
     ) -> httpx.Response | FileRecord:
         """POST with retries; once an attempt may have reached the server, look before retrying.
 
         Returns the response, or the FileRecord an earlier attempt turned out to have created.
+        ``look_first``: an attempt made before this call may have created it already.
         """
         budget = self._budget()
-        maybe_created = False
-        check_pending = False
+        maybe_created = look_first
+        check_pending = look_first
         while True:
             if check_pending:
                 found = await self._look_for(job, operation)
@@ -644,7 +671,7 @@ class FilesClient:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
-        body: Callable[[], MultipartBody] | None = None,
+        body: Callable[[], MultipartBody | GrowingMultipartBody] | None = None,
         file_id: str | None = None,
     ) -> httpx.Response | Failure:
         """One request, body read in full: the 2xx response, or what went wrong."""
@@ -706,6 +733,21 @@ class _Progress:
     def rewind(self, n: int) -> None:
         if n:
             self.add(-n)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierAttempt:
+    """A failed attempt at an upload, made before :meth:`FilesClient.upload` was called."""
+
+    started: float  # wall clock, as _UploadJob.started
+    reached: bool  # it may have created the file (Failure.reached)
+
+
+def _single_fields(purpose: str, expires_after: int | None) -> list[tuple[str, str]]:
+    fields = [("purpose", purpose)]
+    if expires_after is not None:
+        fields += [("expires_after[anchor]", "created_at"), ("expires_after[seconds]", str(expires_after))]
+    return fields
 
 
 class _UploadJob:

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -150,23 +150,10 @@ class _Once:
         return data
 
 
-class MultipartBody(httpx.AsyncByteStream):
-    """A ``multipart/form-data`` body: text fields, then one file part streamed from a FileSlice.
+class _Multipart(httpx.AsyncByteStream):
+    """The framing of a ``multipart/form-data`` body: text fields, then one file part."""
 
-    Iterable more than once (each iteration re-reads the slice); the client still builds a fresh one
-    per attempt so progress counts start from zero. ``on_file_bytes`` hears of file bytes read,
-    ``on_wire`` of every byte handed to the connection.
-    """
-
-    def __init__(
-        self,
-        fields: Sequence[tuple[str, str]],
-        file_field: str,
-        filename: str,
-        content_type: str,
-        source: FileSlice,
-        on_file_bytes: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, fields: Sequence[tuple[str, str]], file_field: str, filename: str, content_type: str) -> None:
         # 32 hex digits of randomness, as httpx does: it cannot plausibly occur inside the file.
         self.boundary = os.urandom(16).hex()
         dash = f"--{self.boundary}\r\n".encode()
@@ -182,13 +169,36 @@ class MultipartBody(httpx.AsyncByteStream):
         head += f"Content-Type: {content_type}\r\n\r\n".encode()
         self._head = bytes(head)
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._source = source
-        self._on_file_bytes = on_file_bytes
         self.on_wire: Callable[[int], None] | None = None
 
     @property
     def content_type(self) -> str:
         return f"multipart/form-data; boundary={self.boundary}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type}
+
+
+class MultipartBody(_Multipart):
+    """A ``multipart/form-data`` body whose file part streams from a FileSlice, with its length.
+
+    Iterable more than once (each iteration re-reads the slice); the client still builds a fresh one
+    per attempt so progress counts start from zero. ``on_file_bytes`` hears of file bytes read,
+    ``on_wire`` of every byte handed to the connection.
+    """
+
+    def __init__(
+        self,
+        fields: Sequence[tuple[str, str]],
+        file_field: str,
+        filename: str,
+        content_type: str,
+        source: FileSlice,
+        on_file_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(fields, file_field, filename, content_type)
+        self._source = source
+        self._on_file_bytes = on_file_bytes
 
     @property
     def content_length(self) -> int:
@@ -203,12 +213,26 @@ class MultipartBody(httpx.AsyncByteStream):
         )
 
 
+class GrowingMultipartBody(_Multipart):
+    """A ``multipart/form-data`` body whose file part is ``file``'s bytes, of a length not known when
+    it starts: sent with ``Transfer-Encoding: chunked`` (no ``Content-Length`` header). Iterable once.
+    ``file`` must be a class-based async iterator (see below)."""
+
+    def __init__(self, fields: Sequence[tuple[str, str]], file_field: str, filename: str, content_type: str,
+                 file: AsyncIterator[bytes]) -> None:
+        super().__init__(fields, file_field, filename, content_type)
+        self._file = file
+
+    def __aiter__(self) -> _MultipartIterator:
+        return _MultipartIterator(self._head, self._file, self._tail, self.on_wire)
+
+
 class _MultipartIterator:
     def __init__(
-        self, head: bytes, file: _SliceReader, tail: bytes, on_wire: Callable[[int], None] | None
+        self, head: bytes, file: AsyncIterator[bytes], tail: bytes, on_wire: Callable[[int], None] | None
     ) -> None:
         self._head: bytes | None = head
-        self._file: _SliceReader | None = file
+        self._file: AsyncIterator[bytes] | None = file
         self._tail: bytes | None = tail
         self._on_wire = on_wire
 

@@ -156,6 +156,8 @@ class FilesApp:
         name = route.name
         assert name is not None
         st.stats.requests[name] += 1
+        if any(key == b"transfer-encoding" and b"chunked" in value.lower() for key, value in scope["headers"]):
+            st.stats.chunked_requests[name] += 1
         decision = st.faults.decide(name)
         tap = ResponseTap(send, request_id, name, st.stats, decision)
         receive = _counting(receive, st.stats.bytes_received, name)

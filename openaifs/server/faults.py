@@ -261,10 +261,11 @@ class Stats:
         self.requests = dict.fromkeys(ROUTES, 0)
         self.bytes_sent = dict.fromkeys(ROUTES, 0)
         self.bytes_received = dict.fromkeys(ROUTES, 0)
+        self.chunked_requests = dict.fromkeys(ROUTES, 0)  # bodies sent without a Content-Length
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": dict(self.requests), "bytes_sent": dict(self.bytes_sent),
-                "bytes_received": dict(self.bytes_received)}
+                "bytes_received": dict(self.bytes_received), "chunked_requests": dict(self.chunked_requests)}
 
 
 class DropConnection(Exception):

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from openaifs.client import EarlierAttempt, FileRecord
+from openaifs.client.transport import Failure
 from openaifs.errors import APIError
 from tests.contract.test_client_api import MiB, open_client, sha256_of_download, write_file
 from tests.support.server import LocalServer
@@ -62,3 +68,63 @@ async def test_1_gib_in_parts(server: LocalServer, tmp_path: Path) -> None:
         assert record.bytes == 1024 * MiB
         assert client.stats.requests["uploads.parts"] == 16
         assert await sha256_of_download(client, record.id, 0, record.bytes) == (digest, record.bytes)
+
+
+class Pieces:
+    """A file body that arrives a piece at a time, as a file being written does (class-based, as
+    the client requires of a streamed body)."""
+
+    def __init__(self, pieces: list[bytes], gate: trio.Event | None = None) -> None:
+        self._pieces = list(pieces)
+        self._gate = gate  # when given, the body waits there before its last piece
+
+    def __aiter__(self) -> Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._pieces:
+            raise StopAsyncIteration
+        if len(self._pieces) == 1 and self._gate is not None:
+            await self._gate.wait()
+        await trio.sleep(0.01)
+        return self._pieces.pop(0)
+
+
+async def test_a_streamed_upload_is_chunked_and_exact(server: LocalServer) -> None:
+    pieces = [os.urandom(MiB + i * 1000) for i in range(5)]
+    server.reset_stats()
+    async with open_client(server) as client:
+        record = await client.upload_streaming("grown.bin", "vision", Pieces(pieces))
+        assert isinstance(record, FileRecord) and record.bytes == sum(map(len, pieces))
+        data = b"".join(pieces)
+        assert await sha256_of_download(client, record.id, 0, record.bytes) == (
+            hashlib.sha256(data).hexdigest(), len(data))
+    stats = server.stats()
+    assert stats["requests"]["files.create"] == stats["chunked_requests"]["files.create"] == 1
+
+
+async def test_a_streamed_upload_cut_off_stores_nothing(server: LocalServer) -> None:
+    gate = trio.Event()
+    async with open_client(server) as client:
+        with trio.move_on_after(0.5):
+            await client.upload_streaming("cut.bin", "vision", Pieces([b"a" * MiB, b"b" * MiB], gate))
+        assert await client.list_all() == []
+    assert server.requests("files.create") == 1
+
+
+async def test_a_lost_answer_of_a_streamed_upload_is_found_not_sent_again(server: LocalServer, tmp_path: Path) -> None:
+    """The server stored the streamed file but the answer never came: the upload that follows is
+    told so (``earlier``), finds that file, and sends nothing again."""
+    src = tmp_path / "lost.bin"
+    write_file(src, 3 * MiB)
+    data = src.read_bytes()
+    server.set_faults(drop_after_request_rate={"files.create": 1.0}, seed=1)
+    async with open_client(server) as client:
+        started = time.time()
+        failure = await client.upload_streaming("lost.bin", "vision", Pieces([data[:MiB], data[MiB:]]))
+        assert isinstance(failure, Failure) and failure.reached
+        server.set_faults()
+        record = await client.upload(src, "lost.bin", "vision", earlier=EarlierAttempt(started, failure.reached))
+        assert [r.id for r in await client.list_all()] == [record.id] and record.bytes == len(data)
+        assert client.stats.adopted_uploads == 1
+    assert server.requests("files.create") == 1

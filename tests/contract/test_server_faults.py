@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 
 def test_stats_count_requests_and_bytes_per_route(sdk: openai.OpenAI, server: LocalServer) -> None:
     stats = server.stats()
-    assert set(stats) == {"requests", "bytes_sent", "bytes_received"}
+    assert set(stats) == {"requests", "bytes_sent", "bytes_received", "chunked_requests"}
     assert all(set(stats[k]) == set(ROUTES) for k in stats)
     assert sum(stats["requests"].values()) == 0
     f = sdk.files.create(file=("a.txt", b"x" * 1000), purpose="vision")
@@ -57,6 +57,7 @@ def test_stats_count_requests_and_bytes_per_route(sdk: openai.OpenAI, server: Lo
     assert 1000 < stats["bytes_received"]["files.create"] < 1500
     assert stats["bytes_received"]["files.list"] == 0
     assert stats["bytes_sent"]["files.list"] > 0
+    assert sum(stats["chunked_requests"].values()) == 0  # the SDK always sends a Content-Length
     server.reset_stats()
     assert sum(server.stats()["requests"].values()) == 0
 

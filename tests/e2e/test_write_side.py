@@ -226,3 +226,77 @@ def test_a_1_gib_copy_keeps_the_mount_rss_flat(
         for chunk in r.iter_bytes(1 << 20):
             got.update(chunk)
     assert got.digest() == digest.digest()
+
+
+# -- uploads that overlap the writing (OPENAIFS_STREAM_UPLOAD_FROM) ------------------------------------
+
+STREAM_ENV = {"OPENAIFS_STREAM_UPLOAD_FROM": str(1 << 20)}
+
+
+@pytest.fixture
+def streaming(server: LocalServer, mount_factory: Callable[..., Mount]) -> tuple[LocalServer, Mount]:
+    server.configure(refuse_downloads=[])
+    return server, mount_factory(server, env=STREAM_ENV)
+
+
+def test_cp_and_rsync_of_big_files_upload_while_writing(streaming: tuple[LocalServer, Mount], tmp_path: Path) -> None:
+    server, m = streaming
+    src = tmp_path / "big.bin"
+    src.write_bytes(blob(12 * 1024 * 1024 + 5, 21))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"part{i}.bin").write_bytes(blob(3 * 1024 * 1024 + i, 30 + i))
+    server.reset_stats()
+    assert sh(f"cp {src} {m.path}/vision/big.bin").returncode == 0
+    out = sh(f"rsync -a {tree}/ {m.path}/user_data/")
+    assert out.returncode == 0, out.stderr
+    stats = server.stats()
+    # Each file was sent while it was written (chunked: no length known yet). rsync writes a temporary
+    # name and renames it, and a rename is one more (ordinary) upload under the final name.
+    assert stats["chunked_requests"]["files.create"] == 4
+    assert stats["requests"]["files.create"] == 4 + 3
+    files = remote(server)
+    assert set(files) == {("vision", "big.bin"), *(("user_data", f"part{i}.bin") for i in range(3))}
+    assert content(server, files[("vision", "big.bin")][0]) == src.read_bytes()
+    for i in range(3):
+        assert content(server, files[("user_data", f"part{i}.bin")][0]) == (tree / f"part{i}.bin").read_bytes()
+    assert sh(f"cmp {src} {m.path}/vision/big.bin").returncode == 0  # read back through the mount
+
+
+def test_a_writer_that_goes_back_still_uploads_exactly_its_bytes(streaming: tuple[LocalServer, Mount]) -> None:
+    """The stream is cut off when the writer seeks back; close() uploads the final bytes, once."""
+    server, m = streaming
+    first, patch, rest = blob(3 * 1024 * 1024, 40), b"PATCHED", blob(2 * 1024 * 1024, 41)
+    server.reset_stats()
+    with open(m.path / "vision" / "edited.bin", "wb") as f:
+        f.write(first)
+        f.flush()
+        f.seek(100)
+        f.write(patch)
+        f.seek(0, os.SEEK_END)
+        f.write(rest)
+    want = first[:100] + patch + first[107:] + rest
+    files = remote(server)
+    assert list(files) == [("vision", "edited.bin")] and len(files[("vision", "edited.bin")]) == 1
+    assert content(server, files[("vision", "edited.bin")][0]) == want
+    stats = server.stats()
+    assert stats["requests"]["files.create"] == 2 and stats["chunked_requests"]["files.create"] == 1
+
+
+def test_streamed_uploads_whose_answers_are_lost_are_not_duplicated(
+    streaming: tuple[LocalServer, Mount], tmp_path: Path
+) -> None:
+    server, m = streaming
+    srcs = []
+    for i in range(6):
+        srcs.append(tmp_path / f"s{i}.bin")
+        srcs[-1].write_bytes(blob(2 * 1024 * 1024 + i, 50 + i))
+    server.set_faults(drop_after_request_rate={"files.create": 0.5}, drop_rate={"files.create": 0.2}, seed=5)
+    for src in srcs:
+        assert sh(f"cp {src} {m.path}/vision/{src.name}").returncode == 0
+    server.set_faults()
+    files = remote(server)
+    assert {k: len(v) for k, v in files.items()} == {("vision", s.name): 1 for s in srcs}
+    for src in srcs:
+        assert content(server, files[("vision", src.name)][0]) == src.read_bytes()

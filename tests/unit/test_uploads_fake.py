@@ -10,13 +10,16 @@ fail with typed errors and to hold an upload until a test lets it go.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from openaifs.client import EarlierAttempt
 from openaifs.client.records import FileRecord
+from openaifs.client.transport import Failure
 from openaifs.config import SERVER_ONLY_PURPOSES
 from openaifs.errors import BadRequestError, NotFoundError, OpenAIFSError
 
@@ -34,6 +37,9 @@ class FakeFilesClient:
         self.fail: list[BaseException] = []
         self.gate: trio.Event | None = None  # when set, an upload waits for it after reading
         self.started = trio.Event()  # set when an upload has read its file
+        self.earlier: list[EarlierAttempt | None] = []  # what each upload call was told
+        self.streams: list[bytes] = []  # what each streamed upload received
+        self.stream_fail: Failure | None = None  # the next streamed upload's answer, after its body
         self._next = 0
 
     async def upload(
@@ -44,8 +50,10 @@ class FakeFilesClient:
         *,
         expires_after: int | None = None,
         progress: Callable[[int], None] | None = None,
+        earlier: EarlierAttempt | None = None,
     ) -> FileRecord:
         self.uploads += 1
+        self.earlier.append(earlier)
         data = await trio.Path(path).read_bytes()
         self.started.set()
         if self.gate is not None:
@@ -53,14 +61,35 @@ class FakeFilesClient:
         if self.fail:
             raise self.fail.pop(0)
         _validate(data, filename, purpose)
+        record = self._store(filename, purpose, data)
+        if progress is not None:
+            progress(len(data))
+        return record
+
+    async def upload_streaming(self, filename: str, purpose: str, file: AsyncIterator[bytes],
+                               **_: Any) -> FileRecord | Failure:
+        """Reads the body to its end (the spool's flush ends it), then answers like the server."""
+        data = bytearray()
+        self.streams.append(b"")
+        async for piece in file:
+            data += piece
+            self.streams[-1] = bytes(data)
+        if self.stream_fail is not None:
+            failure, self.stream_fail = self.stream_fail, None
+            return failure
+        try:
+            _validate(bytes(data), filename, purpose)
+        except BadRequestError as exc:
+            return Failure("files.create", "upload", status=400, message=exc.message)
+        return self._store(filename, purpose, bytes(data))
+
+    def _store(self, filename: str, purpose: str, data: bytes) -> FileRecord:
         self._next += 1
         record = FileRecord(
             id=f"file-fake{self._next:04d}", filename=filename, purpose=purpose, bytes=len(data),
             created_at=1_700_000_000 + self._next, status="processed",
         )
         self.files[record.id] = (record, data)
-        if progress is not None:
-            progress(len(data))
         return record
 
     async def delete(self, file_id: str) -> None:
