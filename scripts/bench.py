@@ -614,7 +614,9 @@ class Bench:
             try:
                 log(f"seeding {n} files for ls -l")
                 t = time.perf_counter()
-                seed_many(server, "batch_output", n, lambda i: b'{"id": 1}\n', lambda i: f"out-{i:06d}.jsonl")
+                for k in range(0, n, 5000):  # many small files per request (POST /_admin/files/bulk)
+                    server.add_files_bulk([{"purpose": "batch_output", "filename": f"out-{i:06d}.jsonl",
+                                            "content": '{"id": 1}\n'} for i in range(k, min(n, k + 5000))])
                 log(f"  seeded in {time.perf_counter() - t:.0f} s")
                 self._listing(server, n)
             finally:
