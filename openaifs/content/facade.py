@@ -14,7 +14,7 @@ import trio
 
 from openaifs.content.downloader import ContentStats, DownloadClient, Downloader, FetchSettings, ReadState
 from openaifs.content.store import CacheEntry, CacheError, ContentStore
-from openaifs.errors import DownloadForbiddenError
+from openaifs.errors import APIError, DownloadForbiddenError, RateLimitError, ServerError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,17 @@ COMMIT_EVERY = 64 * MiB
 # The kernel keeps up to two read-ahead requests (up to 1 MiB each) in flight and they may arrive out
 # of order; a read starting this close to where the previous one ended still counts as sequential.
 SEQ_SLACK = 1 * MiB
+# A read that failed because the server could not be reached or kept failing (after the client's own
+# retries) makes further reads through the same open file fail at once for this long: the kernel
+# retries a failed read straight away on the same handle, and without this a `cat` against a silent
+# server waited out every timeout twice. A new open tries again at once.
+FAILURE_MEMORY = 2.0
 
 
 class ContentHandle:
     """One open of one file. ``fs.py`` keeps it as the FUSE file handle's state."""
 
-    __slots__ = ("file_id", "size", "purpose", "entry", "state", "released")
+    __slots__ = ("file_id", "size", "purpose", "entry", "state", "released", "failed")
 
     def __init__(self, file_id: str, size: int, purpose: str, entry: CacheEntry | None, first_chunk: int):
         self.file_id = file_id
@@ -62,6 +67,8 @@ class ContentHandle:
         self.entry = entry  # None for an empty file: nothing to cache, nothing to fetch
         self.state = ReadState(first_chunk)
         self.released = False
+        # The last failed read through this handle, and when (see FAILURE_MEMORY).
+        self.failed: tuple[float, APIError | TransportError] | None = None
 
     def __repr__(self) -> str:
         return f"ContentHandle({self.file_id!r}, size={self.size}, purpose={self.purpose!r})"
@@ -170,6 +177,11 @@ class Content:
         present = entry.ranges.contains(start, end)
         if not present and handle.purpose in self._refused:
             raise self._forbidden(handle.file_id, handle.purpose)
+        if not present and handle.failed is not None:
+            when, exc = handle.failed
+            if trio.current_time() - when < FAILURE_MEMORY:
+                raise exc.with_traceback(None)
+            handle.failed = None
         downloader = self._downloader(entry)
         # Plan on hits too: a sequential reader's read-ahead must be topped up before it runs dry.
         downloader.plan(handle.state, start, end, handle.purpose, ranged)
@@ -181,7 +193,11 @@ class Content:
             self.stats.hits += 1
             return view
         self.stats.misses += 1
-        return await downloader.wait_for(handle.state, start, end, handle.purpose, ranged, on_disk)
+        try:
+            return await downloader.wait_for(handle.state, start, end, handle.purpose, ranged, on_disk)
+        except (TransportError, ServerError, RateLimitError) as exc:
+            handle.failed = (trio.current_time(), exc)
+            raise
 
     async def release(self, handle: ContentHandle) -> None:
         """The handle is closed. When it was the file's last, its running downloads stop."""

@@ -22,7 +22,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openaifs.content import Content, ContentHandle, ContentStore, cache_key
+from openaifs.content import Content, ContentHandle, ContentStore, cache_key, facade
 from openaifs.errors import DownloadForbiddenError, NotFoundError, ServerError, errno_for
 from tests.unit.test_content_fake import FakeClient, pattern
 
@@ -324,7 +324,11 @@ async def test_a_reader_giving_up_does_not_cancel_the_shared_download(tmp_path: 
 # -- failures -------------------------------------------------------------------------------------------
 
 async def test_a_failed_chunk_raises_typed_logs_the_id_and_the_next_read_retries(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that failed fails again at once through the same handle for FAILURE_MEMORY seconds (the
+    kernel's immediate retry must not wait out the same timeouts again); a new open, or the same handle
+    after that, tries again."""
+    monkeypatch.setattr(facade, "FAILURE_MEMORY", 0.2)
     data = pattern(1 * MiB)
     client = FakeClient({"file-flaky": data}, piece=16 * KiB)
     client.fail_next(ServerError(500, "boom", file_id="file-flaky", operation="download"), after=48 * KiB)
@@ -336,6 +340,14 @@ async def test_a_failed_chunk_raises_typed_logs_the_id_and_the_next_read_retries
         assert any("file-flaky" in r.getMessage() for r in caplog.records)
         entry = content.store.get("file-flaky")
         assert entry is not None and entry.ranges.as_list() == [(100 * KiB, 148 * KiB)]  # kept
+        with pytest.raises(ServerError):  # at once, without a request: the kernel's own retry
+            await content.read(handle, 100 * KiB, 64 * KiB)
+        assert len(client.requests) == 1
+        assert await content.read(handle, 100 * KiB, 40 * KiB) == data[100 * KiB:140 * KiB]  # cached: fine
+        other = await content.open("file-flaky", len(data), "batch")  # a new open tries again at once
+        assert await content.read(other, 200 * KiB, 10) == data[200 * KiB:200 * KiB + 10]
+        await content.release(other)
+        await trio.sleep(0.2)
         assert await content.read(handle, 100 * KiB, 64 * KiB) == data[100 * KiB:164 * KiB]  # retried
         again = sorted(start for _, start, _ in client.requests[1:])
         assert again[0] == 148 * KiB  # only the missing part was asked again
@@ -343,6 +355,7 @@ async def test_a_failed_chunk_raises_typed_logs_the_id_and_the_next_read_retries
         client.fail_next(ServerError(503, "again"), after=0)
         with pytest.raises(ServerError):
             await content.read(handle, 0, 10)
+        await trio.sleep(0.2)
         assert await content.read(handle, 0, 10) == data[:10]
         await content.release(handle)
 
