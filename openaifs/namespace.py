@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1  # fixed by FUSE
 BYID_NAME = ".by-id"
-# Blocks reported in st_blksize: large enough that cp and friends read in big pieces (DESIGN §1).
-BLOCK_SIZE = 128 * 1024
+# st_blksize: cp, Python's open() and friends size their buffers by it, so it sets how many FUSE
+# writes (and reads) a copy costs. 1 MiB, the largest request FUSE carries: a 488 MiB cp into the
+# mount took 2.25 s with 128 KiB writes and 1.68 s with 1 MiB ones (DESIGN §1 asks >= 128 KiB).
+BLOCK_SIZE = 1024 * 1024
 
 
 class Kind(enum.Enum):

@@ -43,7 +43,7 @@ def test_ls_l_names_sizes_modes_and_times(account: Account) -> None:
     assert int(plain[4]) == len(account.files["batch/requests.jsonl"])
     assert plain[5] == str(T0)
     st = os.stat(account.root / "batch" / "requests.jsonl")
-    assert st.st_uid == os.getuid() and st.st_blksize >= 128 * 1024
+    assert st.st_uid == os.getuid() and st.st_blksize == 1024 * 1024
 
 
 def test_every_file_reads_back_exactly_with_sha256sum(account: Account) -> None:
