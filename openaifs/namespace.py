@@ -43,6 +43,8 @@ BYID_NAME = ".by-id"
 # writes (and reads) a copy costs. 1 MiB, the largest request FUSE carries: a 488 MiB cp into the
 # mount took 2.25 s with 128 KiB writes and 1.68 s with 1 MiB ones (DESIGN §1 asks >= 128 KiB).
 BLOCK_SIZE = 1024 * 1024
+# Server clocks and ours differ, and created_at has whole seconds: see _own_upload_in_flight.
+OWN_UPLOAD_SLACK = 5.0
 
 
 class Kind(enum.Enum):
@@ -61,6 +63,7 @@ class Node:
     name: str = ""  # current entry name in its directory ("" once removed)
     record: FileRecord | None = None  # set for uploaded files and their .by-id links
     pending: Any = None  # an uploads.PendingFile while the file is being written
+    since: float = 0.0  # wall clock when a file being written was created (see _own_upload_in_flight)
     nlookup: int = 0
     removed: bool = False
 
@@ -252,6 +255,8 @@ class Namespace:
     def _rebuild_dir(self, d: _Dir, recs: list[FileRecord]) -> None:
         # Files open for writing keep the entry their writer made, whatever their record says.
         pending = {name: ino for name, ino in d.names.items() if self._nodes[ino].pending is not None}
+        if pending:
+            recs = [r for r in recs if not self._own_upload_in_flight(r, pending)]
         bases: dict[str, str] = {}
         names = assign_names(recs, reserved=pending, bases=bases)
         new: dict[str, int] = dict(pending)
@@ -270,6 +275,16 @@ class Namespace:
         d.asking = Counter(base_of.values())
         # assign_names fills ``bases`` oldest first: the last one is the newest file.
         d.newest = order_key(self._records[next(reversed(bases))]) if bases else None
+
+    def _own_upload_in_flight(self, r: FileRecord, pending: dict[str, int]) -> bool:
+        """Whether a listed file is, by all signs, the upload of a file still being written here,
+        whose answer has not reached us (a retried upload, or one whose answer was lost): a new id,
+        named like that file, made since it was created. It is not shown until the answer comes;
+        shown, it would appear beside the writer's entry under a suffixed name, and vanish again
+        between an `ls`'s readdir and its stat."""
+        inode = pending.get(base_name(r))
+        return (inode is not None and r.id not in self._file_inode
+                and r.created_at >= self._nodes[inode].since - OWN_UPLOAD_SLACK)
 
     def _place(self, d: _Dir, node: Node, record: FileRecord | None, deleted: bool = False) -> None:
         """Give ``node`` the entry the rules give ``record`` in ``d``, or none (``record`` None), and
@@ -454,7 +469,7 @@ class Namespace:
     def add_pending(self, parent: int, name: str, pending: Any) -> Node:
         purpose = self.purpose_of_dir(parent)
         assert purpose is not None
-        node = self._new_node(Kind.FILE, purpose=purpose, name=name, pending=pending)
+        node = self._new_node(Kind.FILE, purpose=purpose, name=name, pending=pending, since=time.time())
         d = self._dirs[parent]
         d.names[name] = node.inode
         return node

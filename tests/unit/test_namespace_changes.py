@@ -10,6 +10,8 @@ changed its inode must have been invalidated in the kernel, and ``.by-id`` must 
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -218,3 +220,29 @@ def test_an_upload_named_like_an_older_file_takes_the_suffix() -> None:
     ns.commit_upload(node, FileRecord("file-003", "a.txt", "batch", 1, 10))
     assert _dir_names(ns) == {"a.txt": "file-001", "a (file-003).txt": "file-003"}
     assert node.name == "a (file-003).txt"
+
+
+def test_a_listing_never_shows_an_upload_of_ours_before_its_answer() -> None:
+    """A retried upload found stored, or one whose answer is late, is listed before commit_upload: it
+    must not appear beside the writer's entry under a suffixed name (and vanish again a moment later,
+    between an ls's readdir and its stat). An older namesake from elsewhere is still shown."""
+    invalidated: list[str] = []
+    ns = Namespace(_no_listing, ttl=60, uid=0, gid=0, clock=lambda: 0.0,
+                   invalidate=lambda parent, name, deleted: invalidated.append(name))
+    now = int(time.time())
+    old = FileRecord("file-old", "a.bin", "vision", 1, now - 3600)
+    ns.apply_listing([old], 0.0)
+    node = ns.add_pending(ns._purpose_inode["vision"], "b.bin", pending=object())
+    ours = FileRecord("file-ours", "b.bin", "vision", 5, now)
+    ns.apply_listing([old, ours], 1.0)
+    assert _dir_names(ns, "vision") == {"a.bin": "file-old", "b.bin": ""}  # "" : the writer's entry
+    ns.commit_upload(node, ours)
+    ns.writers_done(node)
+    assert _dir_names(ns, "vision") == {"a.bin": "file-old", "b.bin": "file-ours"}
+    assert invalidated == []
+    # A namesake made long before the writer began is somebody else's file: shown.
+    node2 = ns.add_pending(ns._purpose_inode["vision"], "c.bin", pending=object())
+    theirs = FileRecord("file-theirs", "c.bin", "vision", 5, now - 3600)
+    ns.apply_listing([old, ours, theirs], 2.0)
+    assert _dir_names(ns, "vision")["c (file-theirs).bin"] == "file-theirs"
+    assert _dir_names(ns, "vision")["c.bin"] == "" and node2.pending is not None
