@@ -36,7 +36,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.support.mount import answers, in_proc_mounts, unmount  # noqa: E402
+from tests.support.processes import end  # noqa: E402
 from tests.support.server import LocalServer  # noqa: E402
 
 KiB = 1024
@@ -206,15 +206,7 @@ class BenchMount:
             unmount(self.path)
         finally:
             if proc is not None:
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=10)
+                end(proc, wait=120)
 
     def __enter__(self) -> BenchMount:
         return self.start()

@@ -151,8 +151,14 @@ def test_mount_T_with_the_documented_fstab_line(account: dict[str, object], tmp_
     spec, target, fstype, opts = documented_fstab_line()
     assert (spec, target, fstype) == ("openai", "/mnt/openai", "fuse.openaifs")
     opts = opts.replace("/etc/openaifs.key", str(account["key"]))
+    line = f"{OPENAIFS}#{spec} {account['mnt']} fuse {opts},{options(account)} 0 0"
+    mount_and_unmount_with_fstab(account, tmp_path, line)
+
+
+def mount_and_unmount_with_fstab(account: dict[str, object], tmp_path: Path, line: str) -> None:
+    """``mount -T`` of a one-line fstab mounts and daemonizes; ``umount`` then ends it all."""
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"{OPENAIFS}#{spec} {account['mnt']} fuse {opts},{options(account)} 0 0\n")
+    fstab.write_text(line + "\n")
     r = run("mount", "-T", fstab, account["mnt"])
     assert r.returncode == 0, r.stderr
     pids = assert_mounted_and_daemonized(account)
@@ -177,12 +183,8 @@ def test_mount_T_with_the_system_wide_helpers(account: dict[str, object], tmp_pa
     if program is None or not os.access(program, os.X_OK):
         pytest.skip(f"fstab type {fstype} needs {'/sbin/mount.openaifs' if fstype == 'openaifs' else 'openaifs'} "
                     "installed system-wide (docs/fstab-and-systemd.md)")
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"openai {account['mnt']} {fstype} _netdev,noauto,{options(account)} 0 0\n")
-    r = run("mount", "-T", fstab, account["mnt"])
-    assert r.returncode == 0, r.stderr
-    pids = assert_mounted_and_daemonized(account)
-    assert_unmounts_with_umount8(account, pids)
+    line = f"openai {account['mnt']} {fstype} _netdev,noauto,{options(account)} 0 0"
+    mount_and_unmount_with_fstab(account, tmp_path, line)
 
 
 def test_helper_failures_are_one_line_with_mount8_codes(account: dict[str, object],

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import end
 from tests.support.server import LocalServer
 
 MOUNT_TIMEOUT = 30.0
@@ -122,12 +122,4 @@ def _reap(proc: subprocess.Popen[bytes]) -> int:
     """Wait for an unmounted mount process to exit; SIGTERM, then SIGKILL, if it does not."""
     if proc.stderr is not None:
         proc.stderr.close()
-    try:
-        return proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
+    return end(proc, wait=60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support.processes import end
 
 STARTUP_TIMEOUT = 30.0
 
@@ -71,13 +72,7 @@ class LocalServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        end(proc)
         pump = getattr(self, "_pump", None)
         if pump is not None:
             pump.join(timeout=10)
